@@ -1,0 +1,156 @@
+"""The alert lifecycle: transitions become CloudEvents, committed with the alert state they change.
+
+:class:`AlertLog` owns the ``seq`` counter and the persisted state of every active alert. A
+transition counts as emitted only once :meth:`AlertLog.commit` has returned: the event is then on
+disk (synced) in the outbox, together with the new alert state, so a restart neither loses the event
+nor raises an alert that is still active a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.model import Severity, StoredEvent, Transition, TransitionKind
+from agent.outbox import AsyncOutbox
+
+EVENT_TYPES = {
+    TransitionKind.RAISED: "andon.alert.raised",
+    TransitionKind.UPDATED: "andon.alert.updated",
+    TransitionKind.CLEARED: "andon.alert.cleared",
+}
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and value != value:  # NaN never reaches here, but JSON must stay valid
+        return None
+    return value
+
+
+def cloudevent(t: Transition, *, seq: int, event_id: str, gateway: str, site: str | None) -> dict[str, Any]:
+    """The CloudEvents 1.0 (JSON format) form of one transition, exactly as CONTRACT.md fixes it."""
+    data: dict[str, Any] = {
+        "alert": t.key,
+        "machine": t.machine,
+        "rule": t.rule,
+        "signal": t.signal,
+        "severity": t.severity.label,
+        "value": _json_value(t.value),
+        "threshold": t.threshold,
+        "message": t.message,
+        "seq": seq,
+        "gateway": gateway,
+        "site": site,
+    }
+    data.update(t.extra)
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": f"/andon/{gateway}",
+        "type": EVENT_TYPES[t.kind],
+        "subject": t.key,
+        "time": rfc3339(t.time),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveAlert:
+    """The persisted state of one active alert."""
+
+    key: str
+    severity: Severity
+    threshold: float | None
+    message: str
+    since: float  # wall clock of the raise
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity.label,
+            "threshold": self.threshold,
+            "message": self.message,
+            "since": self.since,
+        }
+
+    @classmethod
+    def from_json(cls, key: str, d: dict[str, Any]) -> ActiveAlert:
+        return cls(key, Severity.parse(d["severity"]), d.get("threshold"), d.get("message", ""), d["since"])
+
+
+Observer = Callable[[Transition, StoredEvent], None]
+
+
+class AlertLog:
+    """Turns transitions into committed events. Safe to call from several tasks (one lock)."""
+
+    def __init__(
+        self,
+        outbox: AsyncOutbox,
+        *,
+        gateway: str,
+        site: str | None,
+        on_commit: Sequence[Callable[[], None]] = (),
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self._outbox = outbox
+        self._gateway = gateway
+        self._site = site
+        self._on_commit = list(on_commit)
+        self._observers = list(observers)
+        self._lock = asyncio.Lock()
+        self._last_seq = 0
+        self.active: dict[str, ActiveAlert] = {}
+
+    async def load(self) -> None:
+        """Read the seq counter and the active alerts from the outbox (call once after opening it)."""
+        self._last_seq = await self._outbox.call(self._outbox.sync.last_seq)
+        stored = await self._outbox.call(self._outbox.sync.alerts)
+        self.active = {k: ActiveAlert.from_json(k, v) for k, v in stored.items()}
+
+    async def commit(self, transitions: Sequence[Transition]) -> list[StoredEvent]:
+        """Commit the transitions' events and alert state in one synced transaction.
+
+        Raises :class:`~agent.errors.OutboxError` when the disk refuses; nothing then counts as
+        emitted and the caller keeps its old rule state, so the transition is tried again.
+        """
+        if not transitions:
+            return []
+        async with self._lock:
+            events: list[StoredEvent] = []
+            changes: dict[str, dict[str, Any] | None] = {}
+            active = dict(self.active)
+            seq = self._last_seq
+            for t in transitions:
+                seq += 1
+                event_id = str(uuid.uuid4())
+                body = cloudevent(t, seq=seq, event_id=event_id, gateway=self._gateway, site=self._site)
+                events.append(
+                    StoredEvent(seq, event_id, t.severity, json.dumps(body, separators=(",", ":")).encode())
+                )
+                if t.kind is TransitionKind.CLEARED:
+                    active.pop(t.key, None)
+                    changes[t.key] = None
+                else:
+                    prior = active.get(t.key)
+                    since = prior.since if prior and t.kind is TransitionKind.UPDATED else t.time
+                    active[t.key] = ActiveAlert(t.key, t.severity, t.threshold, t.message, since)
+                    changes[t.key] = active[t.key].to_json()
+            await self._outbox.call(self._outbox.sync.append, events, changes)
+            self._last_seq = seq
+            self.active = active
+        for t, e in zip(transitions, events, strict=True):
+            for observe in self._observers:
+                observe(t, e)
+        for wake in self._on_commit:
+            wake()
+        return events

@@ -1,0 +1,121 @@
+"""The ``andon-agent`` command line: ``run``, ``check`` and ``demo`` (see CONTRACT.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.config import Config, ModbusMachine, load_config
+from agent.errors import ConfigError
+
+EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
+log = logging.getLogger("andon")
+
+
+def _config_path(arg: str | None) -> Path:
+    path = arg or os.environ.get("ANDON_CONFIG")
+    if not path:
+        raise ConfigError("no config: pass --config PATH or set ANDON_CONFIG")
+    return Path(path)
+
+
+def summary(cfg: Config) -> str:
+    """What ``check`` prints: machines, signals, the reads each poll makes, rules and sinks."""
+    from drivers.modbus.planner import plan_reads  # pure, no protocol library
+
+    from drivers.modbus.driver import spans_for
+
+    lines = [f"gateway {cfg.agent.gateway_id}" + (f" at {cfg.agent.site}" if cfg.agent.site else "")
+             + f", state in {cfg.agent.state_dir}"]
+    for m in cfg.machines:
+        if isinstance(m, ModbusMachine):
+            where = f"modbus tcp {m.host}:{m.port}" if m.host else f"modbus rtu {m.serial} {m.baudrate} {m.parity}"
+            lines.append(f"machine {m.id}: {where} unit {m.unit}, poll every {m.poll_interval:g}s, "
+                         f"offline after {m.offline_after:g}s")
+            for s in m.signals:
+                extra = f" bit {s.bit}" if s.bit is not None else ""
+                extra += f" {s.byte_order}" if s.type not in ("bool", "bit", "int16", "uint16") else ""
+                extra += f" x{s.scale:g}" if s.scale != 1 else ""
+                extra += f" {s.offset:+g}" if s.offset else ""
+                lines.append(f"  signal {s.id}: {s.table} {s.address} {s.type}{extra}")
+            plan = plan_reads(spans_for(m).values(), max_gap=m.max_gap)
+            lines.append(f"  each poll makes {len(plan)} read(s):")
+            lines += [f"    {req}" for req in plan]
+        else:
+            lines.append(f"machine {m.id}: opcua {m.endpoint}, every {m.poll_interval:g}s, "
+                         f"offline after {m.offline_after:g}s")
+            lines += [f"  signal {s.id}: node {s.node}" for s in m.signals]
+    for r in cfg.rules:
+        detail = {"threshold": lambda: f"warning {getattr(r, 'warning')} critical {getattr(r, 'critical')}"
+                  f" deadband {getattr(r, 'deadband')}",
+                  "fault": lambda: f"severity {r.severity}"}[r.kind]()
+        lines.append(f"rule {r.id}: {r.kind} on {r.machine}/{r.signal}, {detail}")
+    if not cfg.rules:
+        lines.append("no rules: only the machines' offline alerts will be raised")
+    for s in cfg.sinks:
+        auth = f", token from ${s.token_env}" if s.token_env else (f", token from {s.token_file}" if s.token_file else "")
+        lines.append(f"sink {s.id}: http POST {s.url}{auth}")
+    if not cfg.sinks:
+        lines.append("no sinks: events are kept in the outbox only")
+    return "\n".join(lines)
+
+
+async def _run(cfg: Config) -> None:
+    from agent.runtime import Agent
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Agent(cfg).run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="andon-agent", description="Edge andon agent: PLC signals -> alerts upstream.")
+    parser.add_argument("--log-level", default=os.environ.get("ANDON_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run the agent until SIGTERM/SIGINT"), ("check", "validate a config and show the plan")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", "-c", help="config file (default: $ANDON_CONFIG)")
+    demo = sub.add_parser("demo", help="a simulated machine, the agent and a local receiver, alerts shown live")
+    demo.add_argument("--speed", type=float, default=1.0, help="run the simulated machine this many times faster")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    args = parser.parse_args(argv)
+
+    from agent.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_json)
+    if args.command == "demo":
+        from agent.demo import run_demo
+
+        try:
+            asyncio.run(run_demo(speed=args.speed, duration=args.duration))
+        except KeyboardInterrupt:
+            pass
+        return EXIT_OK
+    try:
+        cfg = load_config(_config_path(args.config))
+    except ConfigError as exc:
+        print(f"andon-agent: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(summary(cfg))
+        print("config OK")
+        return EXIT_OK
+    try:
+        asyncio.run(_run(cfg))
+    except ConfigError as exc:  # e.g. a token variable that is not set
+        print(f"andon-agent: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception:
+        log.exception("fatal error")
+        return EXIT_FATAL
+    return EXIT_OK

@@ -1,0 +1,313 @@
+"""Config schema and loading.
+
+Everything is validated at load time: unknown keys are errors, ids are unique, rules name
+machines and signals that exist. :func:`load_config` raises :class:`ConfigError` whose text is one
+line: ``<file>: <key path>: <problem>``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from agent.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """``"250ms"``, ``"2s"``, ``"5m"``, ``"1h"``, ``"1d"`` or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"not a duration: {value!r} (use e.g. \"250ms\", \"2s\", \"5m\" or seconds)")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"not a duration: {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+SeverityName = Literal["info", "warning", "critical"]
+RegisterTable = Literal["holding", "input", "coil", "discrete"]
+SignalType = Literal[
+    "bool", "bit", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
+]
+ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(_Strict):
+    gateway_id: Id = Field(default_factory=socket.gethostname)
+    site: str | None = None
+    state_dir: Path = Path("/var/lib/andon-agent")
+
+
+class ModbusSignal(_Strict):
+    id: Id
+    table: RegisterTable = Field(default="holding", alias="register")
+    address: int = Field(ge=0, le=65535)
+    type: SignalType = "uint16"
+    byte_order: ByteOrder = "ABCD"
+    bit: int | None = Field(default=None, ge=0, le=15)
+    length: int | None = Field(default=None, ge=1, le=125)  # registers, for type = "string"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""  # engineering unit, for messages ("%", "strokes")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusSignal:
+        bit_table = self.table in ("coil", "discrete")
+        if bit_table and self.type != "bool":
+            raise ValueError(f'a {self.table} signal must have type = "bool", not {self.type!r}')
+        if self.type == "bit":
+            if self.bit is None:
+                raise ValueError('type = "bit" needs `bit` (0 = least significant bit of the register)')
+        elif self.bit is not None:
+            raise ValueError('`bit` is only for type = "bit"')
+        if self.type == "string" and self.length is None:
+            raise ValueError('type = "string" needs `length` (in registers)')
+        if self.type != "string" and self.length is not None:
+            raise ValueError('`length` is only for type = "string"')
+        if not (math.isfinite(self.scale) and math.isfinite(self.offset)):
+            raise ValueError("scale and offset must be finite numbers")
+        return self
+
+
+class _MachineBase(_Strict):
+    id: Id
+    poll_interval: Duration = Field(default=1.0, gt=0)
+    offline_after: Duration = Field(default=10.0, gt=0)
+    timeout: Duration = Field(default=1.0, gt=0)  # one request; bounded so a dead machine is noticed fast
+    reconnect_max: Duration = Field(default=30.0, gt=0)  # cap of the reconnect backoff
+    offline_severity: SeverityName = "warning"  # severity of the "<machine>/offline" alert
+
+
+class ModbusMachine(_MachineBase):
+    protocol: Literal["modbus"]
+    host: str | None = None  # Modbus TCP
+    port: int = Field(default=502, ge=1, le=65535)
+    serial: str | None = None  # Modbus RTU: "/dev/ttyUSB0"
+    baudrate: int = Field(default=19200, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit: int = Field(default=1, ge=0, le=255)
+    max_gap: int = Field(default=8, ge=0, le=124)  # registers bridged to merge two reads into one
+    signals: list[ModbusSignal] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusMachine:
+        if (self.host is None) == (self.serial is None):
+            raise ValueError("set exactly one of `host` (Modbus TCP) or `serial` (Modbus RTU)")
+        return self
+
+
+class OpcuaSignal(_Strict):
+    id: Id
+    node: str = Field(min_length=1)
+    unit: str = ""
+
+
+class OpcuaMachine(_MachineBase):
+    protocol: Literal["opcua"]
+    endpoint: str = Field(pattern=r"^opc\.tcp://")
+    signals: list[OpcuaSignal] = Field(min_length=1)
+
+
+Machine = Annotated[ModbusMachine | OpcuaMachine, Field(discriminator="protocol")]
+
+
+class _RuleBase(_Strict):
+    id: Id
+    machine: Id
+    signal: Id
+    severity: SeverityName = "warning"
+    message: str | None = None  # template: {machine} {signal} {value} {threshold} {unit} {severity} {rule}
+    on_delay: Duration = 0.0
+    off_delay: Duration = 0.0
+    repeat_every: Duration | None = Field(default=None, gt=0)
+
+
+class ThresholdRule(_RuleBase):
+    kind: Literal["threshold"]
+    warning: float | None = None
+    critical: float | None = None
+    deadband: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ThresholdRule:
+        if self.warning is None and self.critical is None:
+            raise ValueError("a threshold rule needs `warning`, `critical` or both")
+        for name in ("warning", "critical", "deadband"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"`{name}` must be a finite number")
+        if self.warning is not None and self.critical is not None and self.warning > self.critical:
+            raise ValueError(f"`warning` ({self.warning}) must not be above `critical` ({self.critical})")
+        return self
+
+
+class FaultRule(_RuleBase):
+    kind: Literal["fault"]
+    severity: SeverityName = "critical"
+
+
+Rule = Annotated[ThresholdRule | FaultRule, Field(discriminator="kind")]
+
+
+class StatusSection(_Strict):
+    listen: str | None = "127.0.0.1:9108"  # "host:port"; empty string or null turns it off
+
+
+class OutboxSection(_Strict):
+    max_events: int = Field(default=100_000, ge=100)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+
+
+class HttpSink(_Strict):
+    id: Id
+    kind: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    token_env: str | None = None  # bearer token read from this environment variable
+    token_file: Path | None = None  # ...or from this file (e.g. a systemd credential)
+    timeout: Duration = Field(default=10.0, gt=0)
+    ca_file: Path | None = None  # trust this CA (PEM) instead of the system store
+    retry_max: Duration = Field(default=60.0, gt=0)  # cap of the retry backoff
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpSink:
+        if self.token_env and self.token_file:
+            raise ValueError("set at most one of `token_env` and `token_file`")
+        return self
+
+
+Sink = Annotated[HttpSink, Field(discriminator="kind")]
+
+
+class Config(_Strict):
+    agent: AgentSection = AgentSection()
+    machines: list[Machine] = Field(min_length=1)
+    rules: list[Rule] = []
+    status: StatusSection = StatusSection()
+    outbox: OutboxSection = OutboxSection()
+    sinks: list[Sink] = []
+
+    def machine(self, machine_id: str) -> ModbusMachine | OpcuaMachine:
+        return next(m for m in self.machines if m.id == machine_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and error reporting
+
+
+def _key_path(loc: tuple[int | str, ...], tags: frozenset[str]) -> str:
+    out = ""
+    prev: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(prev, int) and part in tags:
+            pass  # pydantic puts the discriminator's value in the path: not a key of the file
+        else:
+            out += f".{part}" if out else part
+        prev = part
+    return out or "(top level)"
+
+
+_TAGS = frozenset({"modbus", "opcua", "threshold", "fault", "http"})
+
+
+def _describe(err: Any) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "union_tag_not_found":
+        return "required key is missing"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    if kind == "union_tag_invalid":
+        return f"unknown value {err['ctx']['tag']!r}; expected one of {err['ctx']['expected_tags']}"
+    inp = err.get("input")
+    if kind not in ("value_error",) and not isinstance(inp, dict | list):
+        msg = f"{msg} (got {inp!r})"
+    return msg
+
+
+def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+
+    def unique(items: list[Any], path: str) -> None:
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.id in seen:
+                errors.append((f"{path}[{i}].id", f"duplicate id {item.id!r}"))
+            seen.add(item.id)
+
+    unique(cfg.machines, "machines")
+    unique(cfg.rules, "rules")
+    unique(cfg.sinks, "sinks")
+    machines = {m.id: m for m in cfg.machines}
+    for mi, m in enumerate(cfg.machines):
+        unique(m.signals, f"machines[{mi}].signals")
+    for ri, r in enumerate(cfg.rules):
+        m = machines.get(r.machine)
+        if m is None:
+            errors.append((f"rules[{ri}].machine", f"no machine with id {r.machine!r}"))
+            continue
+        signal = next((s for s in m.signals if s.id == r.signal), None)
+        if signal is None:
+            errors.append((f"rules[{ri}].signal", f"machine {m.id!r} has no signal {r.signal!r}"))
+        elif r.kind == "threshold" and isinstance(signal, ModbusSignal) and signal.type in ("bool", "bit", "string"):
+            errors.append((f"rules[{ri}].signal", f"a threshold needs a numeric signal; {r.signal!r} is {signal.type}"))
+    return errors
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate an already parsed TOML document."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        # A misspelt key usually causes the other errors ("missing"), so it is named first.
+        errs = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        err = errs[0]
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            err["loc"] = (*err["loc"], err["ctx"]["discriminator"].strip("'"))
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {_key_path(err['loc'], _TAGS)}: {_describe(err)}{more}") from None
+    problems = _cross_checks(cfg)
+    if problems:
+        path, msg = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"{source}: {path}: {msg}{more}")
+    return cfg
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a TOML config file. Raises :class:`ConfigError` with a one-line text."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,83 @@
+"""Plain value types that flow through the agent: samples, transitions and events."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Severity(enum.IntEnum):
+    """Alert severity, ordered so that ``max()`` picks the worst."""
+
+    INFO = 1
+    WARNING = 2
+    CRITICAL = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Severity:
+        return cls[text.upper()]
+
+
+class Quality(enum.Enum):
+    GOOD = "good"
+    BAD = "bad"
+
+
+Value = bool | int | float | str
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One reading of one signal. ``value`` is None when ``quality`` is BAD."""
+
+    machine: str
+    signal: str
+    value: Value | None
+    quality: Quality
+    time: float  # wall clock, seconds since the epoch
+    error: str | None = None  # why the quality is bad
+
+    @property
+    def good(self) -> bool:
+        return self.quality is Quality.GOOD
+
+
+class TransitionKind(enum.Enum):
+    RAISED = "raised"
+    UPDATED = "updated"
+    CLEARED = "cleared"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of one alert, produced by a rule (or the offline watchdog)."""
+
+    machine: str
+    rule: str
+    signal: str | None
+    kind: TransitionKind
+    severity: Severity
+    value: Value | None
+    threshold: float | None
+    message: str
+    time: float  # wall clock at which the transition was observed
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.machine}/{self.rule}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as it sits in the outbox: its seq, id and the exact JSON sent upstream."""
+
+    seq: int
+    id: str
+    severity: Severity
+    body: bytes  # one CloudEvent, JSON encoded

@@ -1,0 +1,106 @@
+"""The ``http`` sink: CloudEvents batches (``application/cloudevents-batch+json``) over HTTP(S)."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from agent.config import HttpSink as HttpSinkConfig
+from agent.errors import ConfigError, Rejected, RetryLater
+from agent.model import StoredEvent
+
+CONTENT_TYPE = "application/cloudevents-batch+json"
+MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is taken as an hour
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def classify(status: int, headers: Mapping[str, str], now: float) -> None:
+    """Raise for a status that does not accept the batch; return for any 2xx.
+
+    408, 429 and 5xx (and the unexpected 1xx/3xx) mean "the same events again later";
+    any other 4xx means the receiver refuses them.
+    """
+    if 200 <= status < 300:
+        return
+    if status in (408, 429) or status >= 500 or status < 400:
+        raise RetryLater(f"HTTP {status}", parse_retry_after(headers.get("retry-after"), now))
+    raise Rejected(f"HTTP {status}", status)
+
+
+def read_token(cfg: HttpSinkConfig, index: int) -> str | None:
+    """The bearer token from the environment or a file, never from the config itself."""
+    if cfg.token_env:
+        token = os.environ.get(cfg.token_env)
+        if not token:
+            raise ConfigError(
+                f"sinks[{index}].token_env: environment variable {cfg.token_env} is not set or empty"
+            )
+        return token.strip()
+    if cfg.token_file:
+        try:
+            token = cfg.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"sinks[{index}].token_file: cannot read {cfg.token_file}: {exc.strerror}") from None
+        if not token:
+            raise ConfigError(f"sinks[{index}].token_file: {cfg.token_file} is empty")
+        return token
+    return None
+
+
+def make_client(cfg: HttpSinkConfig) -> httpx.AsyncClient:
+    """An HTTP client with TLS verification on (the system store, or ``ca_file`` when given)."""
+    verify: ssl.SSLContext | bool = True
+    if cfg.ca_file is not None:
+        verify = ssl.create_default_context(cafile=str(cfg.ca_file))
+    return httpx.AsyncClient(
+        verify=verify,
+        timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 5.0)),
+        limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+        follow_redirects=False,
+    )
+
+
+class HttpSink:
+    """POSTs batches to one URL. The client is passed in (and closed by whoever made it)."""
+
+    def __init__(self, cfg: HttpSinkConfig, client: httpx.AsyncClient, token: str | None) -> None:
+        self.id = cfg.id
+        self.url = cfg.url
+        self._client = client
+        self._headers = {"Content-Type": CONTENT_TYPE, "User-Agent": "andon-agent"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"HttpSink(id={self.id!r}, url={self.url!r})"
+
+    async def send(self, events: Sequence[StoredEvent]) -> None:
+        body = b"[" + b",".join(e.body for e in events) + b"]"
+        try:
+            response = await self._client.post(self.url, content=body, headers=self._headers)
+        except httpx.TimeoutException as exc:
+            raise RetryLater(f"timeout ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise RetryLater(f"{type(exc).__name__}: {exc or 'connection failed'}") from exc
+        classify(response.status_code, response.headers, time.time())
