@@ -134,9 +134,7 @@ class AlertLog:
                 seq += 1
                 event_id = str(uuid.uuid4())
                 body = cloudevent(t, seq=seq, event_id=event_id, gateway=self._gateway, site=self._site)
-                events.append(
-                    StoredEvent(seq, event_id, t.severity, json.dumps(body, separators=(",", ":")).encode())
-                )
+                events.append(StoredEvent(seq, event_id, t.severity, json.dumps(body, separators=(",", ":")).encode()))
                 if t.kind is TransitionKind.CLEARED:
                     active.pop(t.key, None)
                     changes[t.key] = None

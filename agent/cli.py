@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.config import Config, ModbusMachine, load_config
+from agent.config import Config, ModbusMachine, ThresholdRule, load_config
 from agent.errors import ConfigError
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
@@ -27,17 +28,21 @@ def _config_path(arg: str | None) -> Path:
 
 def summary(cfg: Config) -> str:
     """What ``check`` prints: machines, signals, the reads each poll makes, rules and sinks."""
+    from drivers.modbus.driver import spans_for
     from drivers.modbus.planner import plan_reads  # pure, no protocol library
 
-    from drivers.modbus.driver import spans_for
-
-    lines = [f"gateway {cfg.agent.gateway_id}" + (f" at {cfg.agent.site}" if cfg.agent.site else "")
-             + f", state in {cfg.agent.state_dir}"]
+    lines = [
+        f"gateway {cfg.agent.gateway_id}"
+        + (f" at {cfg.agent.site}" if cfg.agent.site else "")
+        + f", state in {cfg.agent.state_dir}"
+    ]
     for m in cfg.machines:
         if isinstance(m, ModbusMachine):
             where = f"modbus tcp {m.host}:{m.port}" if m.host else f"modbus rtu {m.serial} {m.baudrate} {m.parity}"
-            lines.append(f"machine {m.id}: {where} unit {m.unit}, poll every {m.poll_interval:g}s, "
-                         f"offline after {m.offline_after:g}s")
+            lines.append(
+                f"machine {m.id}: {where} unit {m.unit}, poll every {m.poll_interval:g}s, "
+                f"offline after {m.offline_after:g}s"
+            )
             for s in m.signals:
                 extra = f" bit {s.bit}" if s.bit is not None else ""
                 extra += f" {s.byte_order}" if s.type not in ("bool", "bit", "int16", "uint16") else ""
@@ -48,19 +53,22 @@ def summary(cfg: Config) -> str:
             lines.append(f"  each poll makes {len(plan)} read(s):")
             lines += [f"    {req}" for req in plan]
         else:
-            lines.append(f"machine {m.id}: opcua {m.endpoint}, every {m.poll_interval:g}s, "
-                         f"offline after {m.offline_after:g}s")
+            lines.append(
+                f"machine {m.id}: opcua {m.endpoint}, every {m.poll_interval:g}s, offline after {m.offline_after:g}s"
+            )
             lines += [f"  signal {s.id}: node {s.node}" for s in m.signals]
     for r in cfg.rules:
-        detail = {"threshold": lambda: f"warning {getattr(r, 'warning')} critical {getattr(r, 'critical')}"
-                  f" deadband {getattr(r, 'deadband')}",
-                  "fault": lambda: f"severity {r.severity}"}[r.kind]()
+        if isinstance(r, ThresholdRule):
+            detail = f"warning {r.warning} critical {r.critical} deadband {r.deadband}"
+        else:
+            detail = f"severity {r.severity}"
         lines.append(f"rule {r.id}: {r.kind} on {r.machine}/{r.signal}, {detail}")
     if not cfg.rules:
         lines.append("no rules: only the machines' offline alerts will be raised")
-    for s in cfg.sinks:
-        auth = f", token from ${s.token_env}" if s.token_env else (f", token from {s.token_file}" if s.token_file else "")
-        lines.append(f"sink {s.id}: http POST {s.url}{auth}")
+    for sink in cfg.sinks:
+        auth = f", token from ${sink.token_env}" if sink.token_env else ""
+        auth = f", token from {sink.token_file}" if sink.token_file else auth
+        lines.append(f"sink {sink.id}: http POST {sink.url}{auth}")
     if not cfg.sinks:
         lines.append("no sinks: events are kept in the outbox only")
     return "\n".join(lines)
@@ -77,9 +85,12 @@ async def _run(cfg: Config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="andon-agent", description="Edge andon agent: PLC signals -> alerts upstream.")
-    parser.add_argument("--log-level", default=os.environ.get("ANDON_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"])
+    parser = argparse.ArgumentParser(
+        prog="andon-agent", description="Edge andon agent: PLC signals -> alerts upstream."
+    )
+    parser.add_argument(
+        "--log-level", default=os.environ.get("ANDON_LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
+    )
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "run the agent until SIGTERM/SIGINT"), ("check", "validate a config and show the plan")):
@@ -96,10 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from agent.demo import run_demo
 
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_demo(speed=args.speed, duration=args.duration))
-        except KeyboardInterrupt:
-            pass
         return EXIT_OK
     try:
         cfg = load_config(_config_path(args.config))

@@ -31,7 +31,7 @@ def parse_duration(value: object) -> float:
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
-        raise ValueError(f"not a duration: {value!r} (use e.g. \"250ms\", \"2s\", \"5m\" or seconds)")
+        raise ValueError(f'not a duration: {value!r} (use e.g. "250ms", "2s", "5m" or seconds)')
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"not a duration: {value!r}")
     return seconds
@@ -247,7 +247,7 @@ def _describe(err: Any) -> str:
     inp = err.get("input")
     if kind not in ("value_error",) and not isinstance(inp, dict | list):
         msg = f"{msg} (got {inp!r})"
-    return msg
+    return str(msg)
 
 
 def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
@@ -267,13 +267,13 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     for mi, m in enumerate(cfg.machines):
         unique(m.signals, f"machines[{mi}].signals")
     for ri, r in enumerate(cfg.rules):
-        m = machines.get(r.machine)
-        if m is None:
+        target = machines.get(r.machine)
+        if target is None:
             errors.append((f"rules[{ri}].machine", f"no machine with id {r.machine!r}"))
             continue
-        signal = next((s for s in m.signals if s.id == r.signal), None)
+        signal = next((s for s in target.signals if s.id == r.signal), None)
         if signal is None:
-            errors.append((f"rules[{ri}].signal", f"machine {m.id!r} has no signal {r.signal!r}"))
+            errors.append((f"rules[{ri}].signal", f"machine {target.id!r} has no signal {r.signal!r}"))
         elif r.kind == "threshold" and isinstance(signal, ModbusSignal) and signal.type in ("bool", "bit", "string"):
             errors.append((f"rules[{ri}].signal", f"a threshold needs a numeric signal; {r.signal!r} is {signal.type}"))
     return errors

@@ -80,8 +80,12 @@ class Delivery:
             try:
                 rejected = await self._deliver(batch)
             except RetryLater as exc:
-                log.warning("sink %s: %d events stay in the outbox for next time (%s)",
-                            self.sink.id, await self._outbox.call(self._outbox.sync.depth, self.sink.id), exc)
+                log.warning(
+                    "sink %s: %d events stay in the outbox for next time (%s)",
+                    self.sink.id,
+                    await self._outbox.call(self._outbox.sync.depth, self.sink.id),
+                    exc,
+                )
                 return
             await self._settle(batch, rejected)
 
@@ -91,8 +95,13 @@ class Delivery:
             await self.sink.send(batch)
         except Rejected as exc:
             if len(batch) == 1:
-                log.error("sink %s refused event seq=%d id=%s (%s): set aside as a dead letter",
-                          self.sink.id, batch[0].seq, batch[0].id, exc)
+                log.error(
+                    "sink %s refused event seq=%d id=%s (%s): set aside as a dead letter",
+                    self.sink.id,
+                    batch[0].seq,
+                    batch[0].id,
+                    exc,
+                )
                 return [(batch[0], str(exc))]
             mid = len(batch) // 2
             return await self._deliver(batch[:mid]) + await self._deliver(batch[mid:])
@@ -113,8 +122,14 @@ class Delivery:
         self.last_error = str(exc)
         if not self._failing:  # once at ERROR, then quietly until it recovers
             self._failing = True
-            log.error("sink %s: cannot deliver (%s); events wait in the outbox, retrying with backoff",
-                      self.sink.id, exc)
+            log.error(
+                "sink %s: cannot deliver (%s); events wait in the outbox, retrying with backoff", self.sink.id, exc
+            )
         else:
-            log.debug("sink %s: retry %d in %.1fs (%s)", self.sink.id, state.attempt_number,
-                      state.next_action.sleep if state.next_action else 0.0, exc)
+            log.debug(
+                "sink %s: retry %d in %.1fs (%s)",
+                self.sink.id,
+                state.attempt_number,
+                state.next_action.sleep if state.next_action else 0.0,
+                exc,
+            )

@@ -37,8 +37,10 @@ def _line(stage: str, event: dict[str, Any]) -> str:
     severity = data["severity"]
     color = "ok" if kind == "cleared" else severity
     label = _paint(f"{kind:<7} {severity:<8}", color)
-    return (f"{time.strftime('%H:%M:%S')}  {_paint(f'{stage:<9}', 'dim')} #{data['seq']} "
-            f"{label} {event['subject']:<22} {data['message']}")
+    return (
+        f"{time.strftime('%H:%M:%S')}  {_paint(f'{stage:<9}', 'dim')} #{data['seq']} "
+        f"{label} {event['subject']:<22} {data['message']}"
+    )
 
 
 async def simulate(machine: SimulatedMachine, *, speed: float, rng: random.Random) -> None:
@@ -66,17 +68,24 @@ def demo_config(base: Config, *, port: int, url: str, state_dir: Path) -> Config
     machines = [m.model_copy(update={"port": port}) for m in base.machines]
     sinks = [s.model_copy(update={"url": url}) for s in base.sinks]
     agent = base.agent.model_copy(update={"state_dir": state_dir})
-    return base.model_copy(update={"machines": machines, "sinks": sinks, "agent": agent,
-                                   "status": base.status.model_copy(update={"listen": None})})
+    return base.model_copy(
+        update={
+            "machines": machines,
+            "sinks": sinks,
+            "agent": agent,
+            "status": base.status.model_copy(update={"listen": None}),
+        }
+    )
 
 
 async def run_demo(*, speed: float = 1.0, duration: float | None = None) -> None:
     base = load_config(DEMO_CONFIG)
     rng = random.Random()
     with tempfile.TemporaryDirectory(prefix="andon-demo-") as tmp:
-        async with SimulatedMachine(registers=20) as machine, Receiver(
-            on_event=lambda e: print(_line("delivered", e), flush=True)
-        ) as receiver:
+        async with (
+            SimulatedMachine(registers=20) as machine,
+            Receiver(on_event=lambda e: print(_line("delivered", e), flush=True)) as receiver,
+        ):
             cfg = demo_config(base, port=machine.port, url=receiver.url, state_dir=Path(tmp))
 
             def committed(t: Transition, e: StoredEvent) -> None:
@@ -103,6 +112,3 @@ async def run_demo(*, speed: float = 1.0, duration: float | None = None) -> None
                 with contextlib.suppress(asyncio.CancelledError):
                     await sim
     print("demo stopped")
-
-
-

@@ -94,9 +94,7 @@ class Outbox:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("integrity check failed")
             db.executescript(_SCHEMA)
-            db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', ?)", (int(time.time() * 1000),)
-            )
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', ?)", (int(time.time() * 1000),))
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0)")
         except sqlite3.DatabaseError:
             db.close()
@@ -167,9 +165,7 @@ class Outbox:
                 if state is None:
                     db.execute("DELETE FROM alerts WHERE key = ?", (key,))
                 else:
-                    db.execute(
-                        "INSERT OR REPLACE INTO alerts (key, state) VALUES (?, ?)", (key, json.dumps(state))
-                    )
+                    db.execute("INSERT OR REPLACE INTO alerts (key, state) VALUES (?, ?)", (key, json.dumps(state)))
             if overflow:
                 self._drop_oldest(db, overflow)
 
@@ -220,9 +216,7 @@ class Outbox:
     def depth(self, sink: str | None = None) -> int:
         if sink is None:
             return self._count
-        return self._scalar(
-            "SELECT COUNT(*) FROM events WHERE seq > (SELECT seq FROM cursors WHERE sink = ?)", (sink,)
-        )
+        return self._scalar("SELECT COUNT(*) FROM events WHERE seq > (SELECT seq FROM cursors WHERE sink = ?)", (sink,))
 
     def settle(self, sink: str, up_to: int, rejected: Sequence[tuple[StoredEvent, str]] = ()) -> None:
         """Mark every event up to ``up_to`` as done for ``sink``; ``rejected`` ones go to dead letters."""

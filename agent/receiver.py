@@ -78,9 +78,9 @@ class Receiver:
                 await self._server.wait_closed()
             self._server = None
 
-    async def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 10.0) -> None:
+    async def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], within: float = 10.0) -> None:
         """Wait until ``predicate(self.events)`` holds (raises TimeoutError otherwise)."""
-        async with asyncio.timeout(timeout), self.changed:
+        async with asyncio.timeout(within), self.changed:
             await self.changed.wait_for(lambda: predicate(self.events))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

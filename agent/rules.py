@@ -24,12 +24,10 @@ DEFAULT_MESSAGES: dict[str, dict[TransitionKind, str]] = {
         "limit {threshold}{unit}: {action}",
         TransitionKind.UPDATED: "{signal} on {machine} is {value}{unit}, now {severity} "
         "(limit {threshold}{unit}): {action}",
-        TransitionKind.CLEARED: "{signal} on {machine} is back to {value}{unit}, under the limit "
-        "{threshold}{unit}",
+        TransitionKind.CLEARED: "{signal} on {machine} is back to {value}{unit}, under the limit {threshold}{unit}",
     },
     "fault": {
-        TransitionKind.RAISED: "{signal} on {machine} has tripped ({severity}): check the machine "
-        "and reset the fault",
+        TransitionKind.RAISED: "{signal} on {machine} has tripped ({severity}): check the machine and reset the fault",
         TransitionKind.UPDATED: "{signal} on {machine} is still tripped ({severity}): check the machine "
         "and reset the fault",
         TransitionKind.CLEARED: "{signal} on {machine} has been reset",
@@ -80,7 +78,7 @@ def _threshold_condition(rule: ThresholdRule, active: Severity | None, value: fl
 def condition(rule: Rule, active: Severity | None, value: Value) -> Condition | None:
     """The rule kind's verdict on ``value``, or None when the value cannot be judged (ignored)."""
     if isinstance(rule, ThresholdRule):
-        if isinstance(value, str) or isinstance(value, bool):
+        if isinstance(value, (str, bool)):
             return None
         return _threshold_condition(rule, active, float(value))
     if isinstance(rule, FaultRule):
@@ -177,9 +175,7 @@ def evaluate(
         return RuleState(), [t]
 
     last_sent = state.last_sent if state.last_sent is not None else now  # e.g. restored after a restart
-    if cond.severity != state.active or (
-        rule.repeat_every is not None and now - last_sent >= rule.repeat_every
-    ):
+    if cond.severity != state.active or (rule.repeat_every is not None and now - last_sent >= rule.repeat_every):
         t = _transition(rule, sample, TransitionKind.UPDATED, cond.severity, cond.threshold, unit)
         return RuleState(active=cond.severity, threshold=cond.threshold, last_sent=now), [t]
     return replace(state, normal_since=None, last_sent=last_sent), []

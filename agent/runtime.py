@@ -198,15 +198,22 @@ class MachineRunner:
             if offline:
                 since = f" since {rfc3339(self.status.last_good)}" if self.status.last_good else ""
                 why = f" ({self.status.last_error})" if self.status.last_error else ""
-                message = (f"{m.id} is not answering{since}{why}: check its power, cable and network; "
-                           "the agent keeps reconnecting")
+                message = (
+                    f"{m.id} is not answering{since}{why}: check its power, cable and network; "
+                    "the agent keeps reconnecting"
+                )
             else:
                 message = f"{m.id} is answering again"
             t = Transition(
-                machine=m.id, rule=OFFLINE, signal=None,
+                machine=m.id,
+                rule=OFFLINE,
+                signal=None,
                 kind=TransitionKind.RAISED if offline else TransitionKind.CLEARED,
-                severity=Severity.parse(m.offline_severity), value=None, threshold=m.offline_after,
-                message=message, time=self._clock.wall(),
+                severity=Severity.parse(m.offline_severity),
+                value=None,
+                threshold=m.offline_after,
+                message=message,
+                time=self._clock.wall(),
             )
             try:
                 await self._alerts.commit([t])
@@ -254,18 +261,32 @@ class Agent:
                     Delivery(sink, outbox, batch_size=cfg.outbox.batch_size, retry_max=sink_cfg.retry_max)
                 )
             self.alerts = AlertLog(
-                outbox, gateway=cfg.agent.gateway_id, site=cfg.agent.site,
-                on_commit=[d.wake for d in self.deliveries], observers=self._observers,
+                outbox,
+                gateway=cfg.agent.gateway_id,
+                site=cfg.agent.site,
+                on_commit=[d.wake for d in self.deliveries],
+                observers=self._observers,
             )
             await self.alerts.load()
             await self._clear_orphans(self.alerts)
             self.machines = [
-                MachineRunner(m, [r for r in cfg.rules if r.machine == m.id], self.alerts,
-                              clock=self.clock, driver_factory=self._driver_factory)
+                MachineRunner(
+                    m,
+                    [r for r in cfg.rules if r.machine == m.id],
+                    self.alerts,
+                    clock=self.clock,
+                    driver_factory=self._driver_factory,
+                )
                 for m in cfg.machines
             ]
-            log.info("agent %s started: %d machine(s), %d rule(s), %d sink(s), %d event(s) waiting in the outbox",
-                     cfg.agent.gateway_id, len(cfg.machines), len(cfg.rules), len(cfg.sinks), outbox.sync.depth())
+            log.info(
+                "agent %s started: %d machine(s), %d rule(s), %d sink(s), %d event(s) waiting in the outbox",
+                cfg.agent.gateway_id,
+                len(cfg.machines),
+                len(cfg.rules),
+                len(cfg.sinks),
+                outbox.sync.depth(),
+            )
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(m.run(), name=f"machine:{m.machine.id}") for m in self.machines]
                 tasks += [tg.create_task(d.run(), name=f"sink:{d.sink.id}") for d in self.deliveries]
@@ -279,8 +300,11 @@ class Agent:
                     async with asyncio.timeout(FLUSH_TIMEOUT):
                         await d.flush()
                 except (TimeoutError, OutboxError) as exc:
-                    log.warning("sink %s: final delivery cut short (%s); the rest waits in the outbox",
-                                d.sink.id, exc or "timeout")
+                    log.warning(
+                        "sink %s: final delivery cut short (%s); the rest waits in the outbox",
+                        d.sink.id,
+                        exc or "timeout",
+                    )
         log.info("stopped")
 
     async def _clear_orphans(self, alerts: AlertLog) -> None:
@@ -289,10 +313,19 @@ class Agent:
         orphans = [a for key, a in alerts.active.items() if key not in known]
         if not orphans:
             return
-        await alerts.commit([
-            Transition(machine=a.key.split("/")[0], rule=a.key.split("/", 1)[1], signal=None,
-                       kind=TransitionKind.CLEARED, severity=a.severity, value=None, threshold=a.threshold,
-                       message=f"{a.key} cleared: its rule is no longer in the configuration",
-                       time=self.clock.wall())
-            for a in orphans
-        ])
+        await alerts.commit(
+            [
+                Transition(
+                    machine=a.key.split("/")[0],
+                    rule=a.key.split("/", 1)[1],
+                    signal=None,
+                    kind=TransitionKind.CLEARED,
+                    severity=a.severity,
+                    value=None,
+                    threshold=a.threshold,
+                    message=f"{a.key} cleared: its rule is no longer in the configuration",
+                    time=self.clock.wall(),
+                )
+                for a in orphans
+            ]
+        )

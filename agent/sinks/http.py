@@ -53,9 +53,7 @@ def read_token(cfg: HttpSinkConfig, index: int) -> str | None:
     if cfg.token_env:
         token = os.environ.get(cfg.token_env)
         if not token:
-            raise ConfigError(
-                f"sinks[{index}].token_env: environment variable {cfg.token_env} is not set or empty"
-            )
+            raise ConfigError(f"sinks[{index}].token_env: environment variable {cfg.token_env} is not set or empty")
         return token.strip()
     if cfg.token_file:
         try:

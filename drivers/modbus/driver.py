@@ -89,13 +89,18 @@ class ModbusDriver:
             return AsyncModbusTcpClient(m.host, port=m.port, framer=FramerType.SOCKET, **common)
         assert m.serial is not None
         return AsyncModbusSerialClient(
-            m.serial, framer=FramerType.RTU, baudrate=m.baudrate, parity=m.parity,
-            stopbits=m.stopbits, bytesize=m.bytesize, **common,
+            m.serial,
+            framer=FramerType.RTU,
+            baudrate=m.baudrate,
+            parity=m.parity,
+            stopbits=m.stopbits,
+            bytesize=m.bytesize,
+            **common,
         )
 
     async def __aenter__(self) -> Self:
         self._client = self._new_client()
-        where = self.machine.host and f"{self.machine.host}:{self.machine.port}" or self.machine.serial
+        where = (self.machine.host and f"{self.machine.host}:{self.machine.port}") or self.machine.serial
         try:
             async with asyncio.timeout(self.machine.timeout + 1.0):
                 ok = await self._client.connect()
@@ -133,8 +138,9 @@ class ModbusDriver:
             async with asyncio.timeout(self.machine.timeout + 0.5):
                 return await self._method(req.table)(req.address, count=req.count, device_id=self.machine.unit)
         except (ConnectionException, ModbusIOException, TimeoutError, OSError) as exc:
-            raise ConnectionLost(self.machine.id, f"{req.table} read at {req.address} failed: "
-                                 f"{exc or type(exc).__name__}") from exc
+            raise ConnectionLost(
+                self.machine.id, f"{req.table} read at {req.address} failed: {exc or type(exc).__name__}"
+            ) from exc
 
     async def read(self) -> list[Sample]:
         now = time.time()
@@ -142,7 +148,8 @@ class ModbusDriver:
         for req in list(self._plan):
             samples += await self._read_request(req, now)
         samples += [
-            self._bad(key, now, "the device refuses this address") for key in excluded(self._spans.values(), self._refused)
+            self._bad(key, now, "the device refuses this address")
+            for key in excluded(self._spans.values(), self._refused)
         ]
         return samples
 
@@ -165,7 +172,9 @@ class ModbusDriver:
 
     def _stop_bridging(self, req: ReadRequest) -> None:
         """A merged read was refused: never bridge its gaps again (the device may not map them)."""
-        used = {a for k in req.keys for a in range(self._spans[k].address, self._spans[k].address + self._spans[k].count)}
+        used = {
+            a for k in req.keys for a in range(self._spans[k].address, self._spans[k].address + self._spans[k].count)
+        }
         gaps = {(req.table, a) for a in range(req.address, req.address + req.count) if a not in used}
         if gaps - self._refused:
             self._refused |= gaps
@@ -174,9 +183,15 @@ class ModbusDriver:
     def _refuse(self, req: ReadRequest) -> None:
         self._refused.update((req.table, a) for a in range(req.address, req.address + req.count))
         self._plan = plan_for(self.machine, frozenset(self._refused))
-        log.error("machine %s: the device refuses %s %d..%d (illegal data address): signal(s) %s are bad, "
-                  "the others are read without them", self.machine.id, req.table, req.address,
-                  req.address + req.count - 1, ", ".join(req.keys))
+        log.error(
+            "machine %s: the device refuses %s %d..%d (illegal data address): signal(s) %s are bad, "
+            "the others are read without them",
+            self.machine.id,
+            req.table,
+            req.address,
+            req.address + req.count - 1,
+            ", ".join(req.keys),
+        )
 
     def _decode(self, req: ReadRequest, rr: Any, now: float) -> list[Sample]:
         out = []

@@ -44,7 +44,7 @@ class SimulatedMachine:
 
     async def stop(self) -> None:
         if self._server is not None:
-            await self._server.shutdown()
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
 
     async def __aenter__(self) -> SimulatedMachine:

@@ -1,0 +1,1 @@
+"""Protocol drivers: one package per protocol, each with pure parts apart from its I/O."""

@@ -1,0 +1,1 @@
+"""Modbus driver: pure register codec and read planner, plus the I/O shell that uses them."""

@@ -1,0 +1,95 @@
+"""Shared fixtures: a simulated Modbus machine, a real HTTP receiver, and config builders.
+
+All async tests and fixtures run in one session loop (pyproject sets both default loop scopes),
+so servers started by a fixture answer while a test runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import Config, parse_config
+from agent.receiver import Receiver
+from drivers.modbus.sim import SimulatedMachine
+
+
+@pytest.fixture
+async def machine() -> AsyncIterator[SimulatedMachine]:
+    async with SimulatedMachine(registers=200) as m:
+        yield m
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with Receiver() as r:
+        yield r
+
+
+def machine_doc(mid: str, port: int, signals: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": mid,
+        "protocol": "modbus",
+        "host": "127.0.0.1",
+        "port": port,
+        "poll_interval": "50ms",
+        "offline_after": "1s",
+        "timeout": "300ms",
+        "reconnect_max": "500ms",
+        "signals": signals,
+    }
+    doc.update(extra)
+    return doc
+
+
+WEAR_SIGNALS = [
+    {"id": "wear", "register": "holding", "address": 0, "type": "uint16", "scale": 0.1, "unit": "%"},
+    {"id": "fault", "register": "holding", "address": 10, "type": "bit", "bit": 3},
+]
+WEAR_RULES = [
+    {
+        "id": "wear",
+        "machine": "m1",
+        "signal": "wear",
+        "kind": "threshold",
+        "warning": 80,
+        "critical": 95,
+        "deadband": 1,
+    },
+    {"id": "fault", "machine": "m1", "signal": "fault", "kind": "fault"},
+]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """Build a validated Config: one machine "m1" on ``port`` with a wear and a fault rule by default."""
+
+    def build(
+        port: int,
+        url: str | None = None,
+        *,
+        machines: list[dict[str, Any]] | None = None,
+        rules: list[dict[str, Any]] | None = None,
+        **sections: Any,
+    ) -> Config:
+        doc: dict[str, Any] = {
+            "agent": {"gateway_id": "gw-test", "site": "lab", "state_dir": str(tmp_path / "state")},
+            "machines": machines or [machine_doc("m1", port, WEAR_SIGNALS)],
+            "rules": WEAR_RULES if rules is None else rules,
+            "status": {"listen": None},
+        }
+        if url:
+            doc["sinks"] = [{"id": "up", "kind": "http", "url": url, "timeout": "2s", "retry_max": "300ms"}]
+        doc.update(sections)
+        return parse_config(doc)
+
+    return build
+
+
+@pytest.fixture
+def stop_event() -> Iterator[asyncio.Event]:
+    yield asyncio.Event()
