@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import re
 import socket
+import string
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ConfigError
 
@@ -46,6 +47,17 @@ SignalType = Literal[
 ]
 ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 
+# The fields a rule's `message` template may use (agent.rules fills them in).
+TEMPLATE_FIELDS = frozenset({"machine", "signal", "rule", "value", "threshold", "unit", "severity", "action"})
+
+
+class KeyProblem(ValueError):
+    """A cross-field check's error that belongs to one key: the error's key path ends in ``key``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -73,18 +85,19 @@ class ModbusSignal(_Strict):
     def _check(self) -> ModbusSignal:
         bit_table = self.table in ("coil", "discrete")
         if bit_table and self.type != "bool":
-            raise ValueError(f'a {self.table} signal must have type = "bool", not {self.type!r}')
+            raise KeyProblem("type", f'a {self.table} signal must have type = "bool", not {self.type!r}')
         if self.type == "bit":
             if self.bit is None:
-                raise ValueError('type = "bit" needs `bit` (0 = least significant bit of the register)')
+                raise KeyProblem("bit", 'type = "bit" needs `bit` (0 = least significant bit of the register)')
         elif self.bit is not None:
-            raise ValueError('`bit` is only for type = "bit"')
+            raise KeyProblem("bit", '`bit` is only for type = "bit"')
         if self.type == "string" and self.length is None:
-            raise ValueError('type = "string" needs `length` (in registers)')
+            raise KeyProblem("length", 'type = "string" needs `length` (in registers)')
         if self.type != "string" and self.length is not None:
-            raise ValueError('`length` is only for type = "string"')
-        if not (math.isfinite(self.scale) and math.isfinite(self.offset)):
-            raise ValueError("scale and offset must be finite numbers")
+            raise KeyProblem("length", '`length` is only for type = "string"')
+        for name in ("scale", "offset"):
+            if not math.isfinite(getattr(self, name)):
+                raise KeyProblem(name, f"`{name}` must be a finite number")
         return self
 
 
@@ -112,8 +125,10 @@ class ModbusMachine(_MachineBase):
 
     @model_validator(mode="after")
     def _check(self) -> ModbusMachine:
-        if (self.host is None) == (self.serial is None):
-            raise ValueError("set exactly one of `host` (Modbus TCP) or `serial` (Modbus RTU)")
+        if self.host is not None and self.serial is not None:
+            raise KeyProblem("serial", "set only one of `host` (Modbus TCP) or `serial` (Modbus RTU), not both")
+        if self.host is None and self.serial is None:
+            raise ValueError("set one of `host` (Modbus TCP) or `serial` (Modbus RTU)")
         return self
 
 
@@ -142,6 +157,21 @@ class _RuleBase(_Strict):
     off_delay: Duration = 0.0
     repeat_every: Duration | None = Field(default=None, gt=0)
 
+    @field_validator("message")
+    @classmethod
+    def _check_message(cls, template: str | None) -> str | None:
+        if template is None:
+            return None
+        try:
+            parts = list(string.Formatter().parse(template))
+        except ValueError as exc:  # a lone "{" or "}"
+            raise ValueError(f"not a valid template: {exc} (write {{{{ and }}}} for literal braces)") from None
+        allowed = ", ".join("{" + f + "}" for f in sorted(TEMPLATE_FIELDS))
+        for _, name, _, _ in parts:
+            if name is not None and name not in TEMPLATE_FIELDS:
+                raise ValueError(f"unknown template field {{{name}}}; use {allowed}")
+        return template
+
 
 class ThresholdRule(_RuleBase):
     kind: Literal["threshold"]
@@ -156,9 +186,9 @@ class ThresholdRule(_RuleBase):
         for name in ("warning", "critical", "deadband"):
             v = getattr(self, name)
             if v is not None and not math.isfinite(v):
-                raise ValueError(f"`{name}` must be a finite number")
+                raise KeyProblem(name, f"`{name}` must be a finite number")
         if self.warning is not None and self.critical is not None and self.warning > self.critical:
-            raise ValueError(f"`warning` ({self.warning}) must not be above `critical` ({self.critical})")
+            raise KeyProblem("warning", f"`warning` ({self.warning}) must not be above `critical` ({self.critical})")
         return self
 
 
@@ -192,7 +222,7 @@ class HttpSink(_Strict):
     @model_validator(mode="after")
     def _check(self) -> HttpSink:
         if self.token_env and self.token_file:
-            raise ValueError("set at most one of `token_env` and `token_file`")
+            raise KeyProblem("token_file", "set at most one of `token_env` and `token_file`")
         return self
 
 
@@ -289,6 +319,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         err = errs[0]
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             err["loc"] = (*err["loc"], err["ctx"]["discriminator"].strip("'"))
+        elif isinstance(problem := err.get("ctx", {}).get("error"), KeyProblem):
+            err["loc"] = (*err["loc"], problem.key)
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{source}: {_key_path(err['loc'], _TAGS)}: {_describe(err)}{more}") from None
     problems = _cross_checks(cfg)

@@ -9,11 +9,12 @@ are delivered, so one bad event never blocks the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
 from agent.errors import OutboxError, Rejected, RetryLater
 from agent.model import StoredEvent
@@ -46,6 +47,7 @@ class Delivery:
         self._batch_size = batch_size
         self._wait = RetryAfterWait(retry_max)
         self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._failing = False
         self.delivered = 0
         self.rejected = 0
@@ -56,23 +58,36 @@ class Delivery:
     def wake(self) -> None:
         self._wakeup.set()
 
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the batch in flight (if any) is settled."""
+        self._stopping.set()
+        self._wakeup.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
     async def run(self) -> None:
-        """Deliver forever; returns only by cancellation."""
-        while True:
+        """Deliver until :meth:`stop`; a batch in flight is finished first, so a clean stop sends nothing twice."""
+        while not self._stopping.is_set():
             self._wakeup.clear()
             batch = await self._outbox.call(self._outbox.sync.pending, self.sink.id, self._batch_size)
             if not batch:
                 await self._wakeup.wait()
                 continue
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type((RetryLater, OutboxError)),
-                wait=self._wait,
-                stop=stop_never,
-                before_sleep=self._before_sleep,
-            ):
-                with attempt:
-                    rejected = await self._deliver(batch)
-                    await self._settle(batch, rejected)
+            try:
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type((RetryLater, OutboxError)),
+                    wait=self._wait,
+                    stop=lambda _: self._stopping.is_set(),
+                    sleep=self._sleep,
+                    before_sleep=self._before_sleep,
+                ):
+                    with attempt:
+                        rejected = await self._deliver(batch)
+                        await self._settle(batch, rejected)
+            except RetryError:
+                return  # stopping while the upstream fails: the events wait in the outbox
 
     async def flush(self) -> None:
         """One last try to deliver what is pending, without retries (at shutdown)."""

@@ -79,6 +79,8 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = self._connect()
+        except sqlite3.OperationalError as exc:  # locked, unreadable, disk I/O: not damage, never set aside
+            raise OutboxError(f"outbox {self.path}: cannot open: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             aside = self._set_aside()
             log.error("outbox %s is damaged (%s): moved it to %s and started a fresh one", self.path, exc, aside)

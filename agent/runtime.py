@@ -60,6 +60,19 @@ class MachineStatus:
 Machine = ModbusMachine | OpcuaMachine
 
 
+def honour_swallowed_cancel() -> None:
+    """Re-raise a cancellation that a library's ``asyncio.wait_for`` swallowed.
+
+    On Python 3.11, ``asyncio.wait_for`` (pymodbus awaits every response with it) drops a
+    cancellation that arrives in the same loop step as the response (CPython gh-86296, fixed in
+    3.12). The task still counts the request, so a poll loop that checks it cannot run on forever
+    after a stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class MachineRunner:
     """Polls one machine, evaluates its rules and watches for it going offline."""
 
@@ -130,6 +143,7 @@ class MachineRunner:
             had_good = False
             next_tick = self._clock.monotonic()
             while True:
+                honour_swallowed_cancel()
                 try:
                     samples = await driver.read()
                 except ConnectionLost as exc:
@@ -139,6 +153,7 @@ class MachineRunner:
                     self.status.last_error = str(exc)
                     self._conn.fail(exc, "reconnecting")
                     return
+                honour_swallowed_cancel()
                 had_good = await self.handle(samples) or had_good
                 now = self._clock.monotonic()
                 next_tick = max(next_tick + interval, now)
@@ -288,13 +303,19 @@ class Agent:
                 outbox.sync.depth(),
             )
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(m.run(), name=f"machine:{m.machine.id}") for m in self.machines]
-                tasks += [tg.create_task(d.run(), name=f"sink:{d.sink.id}") for d in self.deliveries]
+                polls = [tg.create_task(m.run(), name=f"machine:{m.machine.id}") for m in self.machines]
+                sends = [tg.create_task(d.run(), name=f"sink:{d.sink.id}") for d in self.deliveries]
                 self.started.set()
                 await stop.wait()
                 log.info("stopping: last delivery attempt, then closing")
-                for task in tasks:
+                for task in polls:
                     task.cancel()
+                for d in self.deliveries:
+                    d.stop()  # finish the batch in flight, so a clean stop sends nothing twice
+                if sends:
+                    _, late = await asyncio.wait(sends, timeout=FLUSH_TIMEOUT)
+                    for task in late:
+                        task.cancel()
             for d in self.deliveries:
                 try:
                     async with asyncio.timeout(FLUSH_TIMEOUT):

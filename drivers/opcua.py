@@ -12,7 +12,7 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-from asyncua.client import Client
+from asyncua.client.client import Client
 from asyncua.ua.uaerrors import UaError
 
 from agent.config import OpcuaMachine

@@ -144,13 +144,10 @@ class ModbusDriver:
 
     async def read(self) -> list[Sample]:
         now = time.time()
-        samples: list[Sample] = []
+        refused = excluded(self._spans.values(), self._refused)  # known before this poll's reads
+        samples = [self._bad(key, now, "the device refuses this address") for key in refused]
         for req in list(self._plan):
             samples += await self._read_request(req, now)
-        samples += [
-            self._bad(key, now, "the device refuses this address")
-            for key in excluded(self._spans.values(), self._refused)
-        ]
         return samples
 
     async def _read_request(self, req: ReadRequest, now: float) -> list[Sample]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+TABLE_OF_FC = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
 
 
 class SimulatedMachine:
@@ -16,11 +19,33 @@ class SimulatedMachine:
     Holding and input registers are separate tables of ``registers`` words each, coils and discrete
     inputs ``registers * 16`` bits each. ``port=0`` picks a free port; pass the old port to restart
     a stopped machine on the same port.
+
+    For fault tests: ``refused`` holds (table, address) pairs the device answers with "illegal data
+    address"; ``exception`` makes it answer every request with that Modbus exception code;
+    ``requests`` counts the requests it received.
     """
 
     def __init__(self, *, registers: int = 200, unit: int = 1, port: int = 0, host: str = "127.0.0.1") -> None:
         self.registers, self.unit, self.port, self.host = registers, unit, port, host
         self._server: ModbusTcpServer | None = None
+        self.refused: set[tuple[str, int]] = set()
+        self.exception: int | None = None
+        self.requests = 0
+
+    async def _action(
+        self, fc: int, start: int, address: int, count: int, registers: Any, values: Any
+    ) -> ExcCodes | None:
+        if self.exception is not None:
+            return ExcCodes(self.exception)
+        table = TABLE_OF_FC.get(fc)
+        if table and any((table, a) in self.refused for a in range(address, address + count)):
+            return ExcCodes.ILLEGAL_ADDRESS
+        return None
+
+    def _trace(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if not sending:
+            self.requests += 1
+        return pdu
 
     def _device(self) -> SimDevice:
         n = self.registers
@@ -34,10 +59,11 @@ class SimulatedMachine:
                 [words],
                 [SimData(0, count=n, values=0, datatype=DataType.REGISTERS)],
             ),
+            action=self._action,
         )
 
     async def start(self) -> None:
-        self._server = ModbusTcpServer(self._device(), address=(self.host, self.port))
+        self._server = ModbusTcpServer(self._device(), address=(self.host, self.port), trace_pdu=self._trace)
         await self._server.serve_forever(background=True)
         transport: Any = self._server.transport
         self.port = transport.sockets[0].getsockname()[1]

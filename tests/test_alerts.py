@@ -1,0 +1,243 @@
+"""The alert lifecycle: CloudEvents exactly as CONTRACT.md fixes them, committed with alert state."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.alerts import AlertLog, cloudevent
+from agent.errors import OutboxError
+from agent.model import Severity, StoredEvent, Transition, TransitionKind
+from agent.outbox import AsyncOutbox, Outbox
+
+T0 = 1_700_000_000.123  # 2023-11-14T22:13:20.123Z
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+ATTRIBUTES = {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"}
+DATA_FIELDS = {
+    "alert",
+    "machine",
+    "rule",
+    "signal",
+    "severity",
+    "value",
+    "threshold",
+    "message",
+    "seq",
+    "gateway",
+    "site",
+}
+
+
+def tr(
+    kind: TransitionKind = TransitionKind.RAISED,
+    *,
+    machine: str = "press-1",
+    rule: str = "tool1-wear",
+    signal: str | None = "tool1_wear",
+    severity: Severity = Severity.WARNING,
+    value: Any = 81.5,
+    threshold: float | None = 80.0,
+    message: str = "press-1 tool1_wear 81.5 % over 80",
+    time: float = T0,
+    **extra: Any,
+) -> Transition:
+    return Transition(machine, rule, signal, kind, severity, value, threshold, message, time, extra)
+
+
+# -- cloudevent() ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "type_"),
+    [
+        (TransitionKind.RAISED, "andon.alert.raised"),
+        (TransitionKind.UPDATED, "andon.alert.updated"),
+        (TransitionKind.CLEARED, "andon.alert.cleared"),
+    ],
+)
+def test_cloudevent_has_exactly_the_contract_attributes(kind: TransitionKind, type_: str) -> None:
+    ev = cloudevent(tr(kind), seq=42, event_id="ev-1", gateway="gw-press-line", site="plant-a")
+    assert set(ev) == ATTRIBUTES
+    assert ev["specversion"] == "1.0"
+    assert ev["id"] == "ev-1"
+    assert ev["source"] == "/andon/gw-press-line"
+    assert ev["type"] == type_
+    assert ev["subject"] == "press-1/tool1-wear"
+    assert ev["datacontenttype"] == "application/json"
+    assert ev["data"] == {
+        "alert": "press-1/tool1-wear",
+        "machine": "press-1",
+        "rule": "tool1-wear",
+        "signal": "tool1_wear",
+        "severity": "warning",
+        "value": 81.5,
+        "threshold": 80.0,
+        "message": "press-1 tool1_wear 81.5 % over 80",
+        "seq": 42,
+        "gateway": "gw-press-line",
+        "site": "plant-a",
+    }
+    assert ev["data"]["alert"] == ev["subject"]
+    assert json.loads(json.dumps(ev, allow_nan=False)) == ev  # plain, strict JSON
+
+
+def test_cloudevent_time_is_rfc3339_utc_with_z() -> None:
+    ev = cloudevent(tr(time=T0), seq=1, event_id="x", gateway="g", site=None)
+    assert RFC3339_UTC.match(ev["time"]), ev["time"]
+    assert ev["time"] == "2023-11-14T22:13:20.123Z"
+    parsed = datetime.fromisoformat(ev["time"].replace("Z", "+00:00"))
+    assert parsed.utcoffset() is not None and parsed.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert abs(parsed.timestamp() - T0) < 0.001
+
+
+def test_cloudevent_offline_alert_and_no_site() -> None:
+    t = tr(
+        rule="offline",
+        signal=None,
+        severity=Severity.CRITICAL,
+        value=None,
+        threshold=None,
+        message="press-1 does not answer",
+    )
+    ev = cloudevent(t, seq=7, event_id="x", gateway="gw", site=None)
+    assert ev["subject"] == ev["data"]["alert"] == "press-1/offline"
+    assert ev["data"]["signal"] is None and ev["data"]["threshold"] is None and ev["data"]["value"] is None
+    assert ev["data"]["site"] is None and ev["data"]["severity"] == "critical"
+
+
+def test_cloudevent_extra_fields_go_into_data() -> None:
+    ev = cloudevent(tr(code=12, remaining=0), seq=1, event_id="x", gateway="g", site="s")
+    assert set(ev) == ATTRIBUTES
+    assert set(ev["data"]) == DATA_FIELDS | {"code", "remaining"}
+    assert ev["data"]["code"] == 12 and ev["data"]["remaining"] == 0
+
+
+def test_cloudevent_nan_value_stays_valid_json() -> None:
+    ev = cloudevent(tr(value=float("nan")), seq=1, event_id="x", gateway="g", site="s")
+    assert ev["data"]["value"] is None
+    json.dumps(ev, allow_nan=False)
+
+
+# -- AlertLog.commit against a real outbox -----------------------------------------------------
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "outbox.db"
+
+
+@pytest.fixture
+async def outbox(db_path: Path) -> AsyncIterator[AsyncOutbox]:
+    async with AsyncOutbox(Outbox(db_path)) as ob:
+        await ob.call(ob.sync.set_sinks, ["s"])
+        yield ob
+
+
+async def open_log(ob: AsyncOutbox, **kw: Any) -> AlertLog:
+    log = AlertLog(ob, gateway="gw-1", site="plant-a", **kw)
+    await log.load()
+    return log
+
+
+def bodies(events: list[StoredEvent]) -> list[dict[str, Any]]:
+    return [json.loads(e.body) for e in events]
+
+
+async def test_commit_builds_stored_events_that_match_their_bodies(outbox: AsyncOutbox) -> None:
+    log = await open_log(outbox)
+    base = await outbox.call(outbox.sync.last_seq)
+    events = await log.commit([tr(), tr(rule="fault", signal="fault", severity=Severity.CRITICAL)])
+    assert [e.seq for e in events] == [base + 1, base + 2]
+    for e, body in zip(events, bodies(events), strict=True):
+        assert set(body) == ATTRIBUTES
+        assert body["id"] == e.id and body["data"]["seq"] == e.seq
+        assert body["source"] == "/andon/gw-1" and body["data"]["gateway"] == "gw-1"
+        assert body["data"]["site"] == "plant-a"
+        assert str(uuid.UUID(e.id)) == e.id
+    assert events[1].severity is Severity.CRITICAL
+    stored = await outbox.call(outbox.sync.pending, "s", 10)
+    assert stored == events  # exactly what was returned is on disk
+    assert await log.commit([]) == []
+
+
+async def test_seq_strictly_increases_across_reopen_and_ids_are_unique(db_path: Path) -> None:
+    seen: list[StoredEvent] = []
+    for _ in range(3):
+        async with AsyncOutbox(Outbox(db_path)) as ob:
+            await ob.call(ob.sync.set_sinks, ["s"])
+            log = await open_log(ob)
+            seen += await log.commit([tr(), tr(TransitionKind.CLEARED)])
+            seen += await log.commit([tr(rule=f"r{len(seen)}")])
+            await ob.call(ob.sync.settle, "s", seen[-1].seq)  # even when everything was delivered
+            assert await ob.call(ob.sync.depth) == 0
+    seqs = [e.seq for e in seen]
+    assert all(a < b for a, b in itertools.pairwise(seqs)), seqs
+    assert seqs == list(range(seqs[0], seqs[0] + 9))
+    assert len({e.id for e in seen}) == len(seen)
+    assert [json.loads(e.body)["data"]["seq"] for e in seen] == seqs
+
+
+async def test_active_alerts_are_persisted_and_removed_on_clear(db_path: Path) -> None:
+    async with AsyncOutbox(Outbox(db_path)) as ob:
+        await ob.call(ob.sync.set_sinks, ["s"])
+        log = await open_log(ob)
+        await log.commit([tr(time=T0), tr(rule="fault", signal="fault", severity=Severity.CRITICAL, time=T0)])
+        await log.commit([tr(TransitionKind.UPDATED, severity=Severity.CRITICAL, threshold=95.0, time=T0 + 60)])
+        assert set(log.active) == {"press-1/tool1-wear", "press-1/fault"}
+        wear = log.active["press-1/tool1-wear"]
+        assert (wear.severity, wear.threshold, wear.since) == (Severity.CRITICAL, 95.0, T0)  # since: the raise
+        stored = await ob.call(ob.sync.alerts)
+        assert stored["press-1/tool1-wear"] == {
+            "severity": "critical",
+            "threshold": 95.0,
+            "message": "press-1 tool1_wear 81.5 % over 80",
+            "since": T0,
+        }
+
+    async with AsyncOutbox(Outbox(db_path)) as ob:  # after a restart the alert is still known as active
+        log = await open_log(ob)
+        assert set(log.active) == {"press-1/tool1-wear", "press-1/fault"}
+        assert log.active["press-1/tool1-wear"] == wear
+        await log.commit([tr(TransitionKind.CLEARED, time=T0 + 120)])
+        assert set(log.active) == {"press-1/fault"}
+        assert set(await ob.call(ob.sync.alerts)) == {"press-1/fault"}
+
+    async with AsyncOutbox(Outbox(db_path)) as ob:
+        log = await open_log(ob)
+        assert set(log.active) == {"press-1/fault"}
+
+
+async def test_commit_calls_observers_and_wakes_after_the_commit(outbox: AsyncOutbox) -> None:
+    woken: list[int] = []
+    observed: list[tuple[str, int]] = []
+
+    def wake() -> None:  # by now the events must be on disk
+        woken.append(outbox.sync.depth())
+
+    log = await open_log(outbox, on_commit=[wake], observers=[lambda t, e: observed.append((t.key, e.seq))])
+    events = await log.commit([tr(), tr(rule="fault")])
+    assert observed == [("press-1/tool1-wear", events[0].seq), ("press-1/fault", events[1].seq)]
+    assert woken == [2]
+
+
+async def test_failed_commit_changes_nothing(db_path: Path) -> None:
+    async with AsyncOutbox(Outbox(db_path)) as ob:
+        await ob.call(ob.sync.set_sinks, ["s"])
+        log = await open_log(ob)
+        first = await log.commit([tr()])
+        await ob.call(ob.sync.close)  # the disk goes away
+        with pytest.raises(OutboxError):
+            await log.commit([tr(TransitionKind.CLEARED), tr(rule="fault")])
+        assert set(log.active) == {"press-1/tool1-wear"}  # nothing counts as emitted
+        await ob.call(ob.sync.open)
+        again = await log.commit([tr(TransitionKind.CLEARED)])
+        assert again[0].seq == first[0].seq + 1  # no seq burnt by the failure
+        assert log.active == {}

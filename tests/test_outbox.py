@@ -1,0 +1,350 @@
+"""The durable outbox against a real SQLite file: order, settling, sinks, bound, damage, and SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.errors import OutboxError
+from agent.model import Severity, StoredEvent
+from agent.outbox import AsyncOutbox, Outbox
+
+ROOT = Path(__file__).resolve().parent.parent
+W, C, INFO = Severity.WARNING, Severity.CRITICAL, Severity.INFO
+
+
+def ev(seq: int, severity: Severity = Severity.WARNING) -> StoredEvent:
+    return StoredEvent(seq, f"id-{seq}", severity, json.dumps({"id": f"id-{seq}", "seq": seq}).encode())
+
+
+def seqs(events: list[StoredEvent]) -> list[int]:
+    return [e.seq for e in events]
+
+
+def all_seqs(outbox: Outbox) -> list[int]:
+    return [row[0] for row in outbox.db.execute("SELECT seq FROM events ORDER BY seq")]
+
+
+def damaged(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.name}.damaged-*"))
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "outbox.db"
+
+
+@pytest.fixture
+def outbox(path: Path) -> Iterator[Outbox]:
+    ob = Outbox(path)
+    ob.open()
+    ob.set_sinks(["s"])
+    yield ob
+    ob.close()
+
+
+# -- order and settling ------------------------------------------------------------------------
+
+
+def test_new_file_is_wal_and_starts_seq_at_wall_clock_ms(path: Path) -> None:
+    before = int(time.time() * 1000)
+    ob = Outbox(path)
+    ob.open()
+    try:
+        assert before <= ob.last_seq() <= int(time.time() * 1000)
+        assert ob.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert ob.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert ob.stats().events == 0 and ob.stats().oldest_seq is None
+    finally:
+        ob.close()
+    with pytest.raises(OutboxError, match="not open"):
+        ob.last_seq()
+
+
+def test_append_and_pending_in_seq_order(outbox: Outbox) -> None:
+    outbox.append([ev(1), ev(2), ev(3)], {})
+    outbox.append([ev(4, C), ev(5)], {})
+    got = outbox.pending("s", 10)
+    assert seqs(got) == [1, 2, 3, 4, 5]
+    assert got[3] == ev(4, C)  # id, severity and body come back exactly
+    assert seqs(outbox.pending("s", 2)) == [1, 2]
+    assert outbox.last_seq() == 5
+    assert outbox.depth() == 5 and outbox.depth("s") == 5
+    assert outbox.stats().oldest_seq == 1
+    assert outbox.pending("unknown-sink", 10) == []
+
+
+def test_append_commits_alert_state_with_events(outbox: Outbox) -> None:
+    outbox.append([ev(1)], {"m/a": {"severity": "warning"}, "m/b": {"severity": "critical"}})
+    outbox.append([ev(2)], {"m/a": None, "m/b": {"severity": "info"}})
+    assert outbox.alerts() == {"m/b": {"severity": "info"}}
+
+
+def test_failed_append_rolls_back_everything(outbox: Outbox) -> None:
+    outbox.append([ev(1)], {})
+    with pytest.raises(OutboxError):
+        outbox.append([ev(2), ev(1)], {"m/a": {"x": 1}})  # seq 1 again: the whole batch is refused
+    assert all_seqs(outbox) == [1]
+    assert outbox.alerts() == {}
+    assert outbox.last_seq() == 1
+    assert outbox.depth() == 1
+
+
+def test_settle_deletes_and_dead_letters(outbox: Outbox) -> None:
+    outbox.append([ev(s) for s in range(1, 6)], {})
+    outbox.settle("s", 3, [(ev(2), "HTTP 400")])
+    assert seqs(outbox.pending("s", 10)) == [4, 5]
+    assert all_seqs(outbox) == [4, 5]
+    stats = outbox.stats()
+    assert (stats.events, stats.dead_letters, stats.oldest_seq) == (2, 1, 4)
+    row = outbox.db.execute("SELECT sink, seq, id, body, reason FROM dead_letters").fetchone()
+    assert row == ("s", 2, "id-2", ev(2).body, "HTTP 400")
+    outbox.settle("s", 2)  # a cursor never moves back
+    assert seqs(outbox.pending("s", 10)) == [4, 5]
+    outbox.settle("s", 5)
+    assert outbox.pending("s", 10) == [] and outbox.depth() == 0 and outbox.depth("s") == 0
+    assert outbox.stats().dead_letters == 1  # dead letters are kept
+
+
+def test_two_sinks_each_see_every_event_and_delete_needs_both(outbox: Outbox) -> None:
+    outbox.set_sinks(["a", "b"])
+    outbox.append([ev(s) for s in range(1, 6)], {})
+    assert seqs(outbox.pending("a", 10)) == seqs(outbox.pending("b", 10)) == [1, 2, 3, 4, 5]
+    outbox.settle("a", 5)
+    assert outbox.pending("a", 10) == []
+    assert seqs(outbox.pending("b", 10)) == [1, 2, 3, 4, 5]
+    assert all_seqs(outbox) == [1, 2, 3, 4, 5] and outbox.depth() == 5
+    outbox.settle("b", 3)
+    assert all_seqs(outbox) == [4, 5] and outbox.depth() == 2
+    assert outbox.depth("a") == 0 and outbox.depth("b") == 2
+    outbox.settle("b", 5)
+    assert all_seqs(outbox) == [] and outbox.depth() == 0
+
+
+def test_set_sinks_forgets_a_removed_sink(outbox: Outbox) -> None:
+    outbox.set_sinks(["a", "b"])
+    outbox.append([ev(1), ev(2), ev(3)], {})
+    outbox.settle("a", 3)
+    assert outbox.depth() == 3  # "b" still holds them
+    outbox.set_sinks(["a"])
+    assert all_seqs(outbox) == [] and outbox.depth() == 0
+    assert [r[0] for r in outbox.db.execute("SELECT sink FROM cursors")] == ["a"]
+    assert outbox.pending("b", 10) == []
+    outbox.set_sinks(["a", "b"])  # a sink added later sees what is still there, from the start
+    outbox.append([ev(4)], {})
+    assert seqs(outbox.pending("b", 10)) == [4]
+
+
+# -- the bound ---------------------------------------------------------------------------------
+
+
+def test_full_outbox_drops_oldest_non_critical_first(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ob = Outbox(path, max_events=5)
+    ob.open()
+    ob.set_sinks(["s"])
+    try:
+        with caplog.at_level(logging.ERROR, logger="andon.outbox"):
+            ob.append([ev(1, C), ev(2, W), ev(3, C), ev(4, INFO), ev(5, W)], {})
+            assert ob.stats().dropped == 0
+            ob.append([ev(6, W), ev(7, W), ev(8, C)], {})
+            assert all_seqs(ob) == [1, 3, 6, 7, 8]  # 2, 4 and 5 went; the critical 1 and 3 stayed
+            assert ob.depth() == 5 and ob.stats().events == 5 and ob.stats().dropped == 3
+            ob.append([ev(9, C), ev(10, C)], {})
+            assert all_seqs(ob) == [1, 3, 8, 9, 10]
+            ob.append([ev(11, C)], {})  # only critical ones left: the oldest critical goes
+            assert all_seqs(ob) == [3, 8, 9, 10, 11]
+            assert ob.stats().dropped == 6 and ob.depth() == 5
+        full = [r for r in caplog.records if "full" in r.getMessage()]
+        assert len(full) == 1  # said once, not once per event
+        assert seqs(ob.pending("s", 10)) == [3, 8, 9, 10, 11]
+    finally:
+        ob.close()
+    ob = Outbox(path, max_events=5)
+    ob.open()
+    try:
+        assert ob.depth() == 5 and ob.stats().dropped == 6  # the count and the tally survive a reopen
+    finally:
+        ob.close()
+
+
+def test_full_outbox_never_grows_past_its_bound(path: Path) -> None:
+    rng = random.Random(7)
+    ob = Outbox(path, max_events=20)
+    ob.open()
+    ob.set_sinks(["s"])
+    try:
+        seq = 0
+        for _ in range(30):
+            batch = [ev(seq + i + 1, Severity(rng.randint(1, 3))) for i in range(rng.randint(1, 6))]
+            seq += len(batch)
+            ob.append(batch, {})
+            assert ob.depth() == len(all_seqs(ob)) <= 20
+        assert ob.stats().dropped == seq - 20
+    finally:
+        ob.close()
+
+
+# -- damaged files -----------------------------------------------------------------------------
+
+
+def _check_fresh(path: Path) -> None:
+    ob = Outbox(path)
+    ob.open()
+    try:
+        assert ob.depth() == 0 and ob.alerts() == {}
+        ob.set_sinks(["s"])
+        ob.append([ev(ob.last_seq() + 1)], {"m/r": {"severity": "warning"}})
+        assert len(ob.pending("s", 10)) == 1
+    finally:
+        ob.close()
+
+
+def test_garbage_file_is_set_aside(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path.parent.mkdir(parents=True)
+    garbage = random.Random(1).randbytes(20_000)
+    path.write_bytes(garbage)
+    _check_fresh(path)
+    aside = damaged(path)
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == garbage  # kept as it was, for a post-mortem
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+
+
+def test_truncated_file_is_set_aside(path: Path) -> None:
+    ob = Outbox(path)
+    ob.open()
+    ob.set_sinks(["s"])
+    for base in range(0, 400, 50):
+        ob.append([StoredEvent(base + i + 1, f"id-{base + i}", W, b"x" * 400) for i in range(50)], {})
+    ob.close()
+    size = path.stat().st_size
+    assert size > 100_000
+    with path.open("r+b") as f:
+        f.truncate(size // 2)
+    _check_fresh(path)
+    aside = damaged(path)
+    assert len(aside) == 1 and aside[0].stat().st_size == size // 2
+
+
+def test_unopenable_file_is_an_error_not_damage(path: Path) -> None:
+    # An OperationalError (locked by another process, unreadable, I/O error, here: a directory in the
+    # way) says nothing about the file's contents: it must not be set aside and replaced.
+    path.mkdir(parents=True)
+    (path / "keep").write_text("x")
+    with pytest.raises(OutboxError, match="cannot open"):
+        Outbox(path).open()
+    assert damaged(path) == []
+    assert (path / "keep").read_text() == "x"
+
+
+# -- seq across restarts -----------------------------------------------------------------------
+
+
+def test_last_seq_survives_reopen_after_everything_was_delivered(path: Path) -> None:
+    ob = Outbox(path)
+    ob.open()
+    ob.set_sinks(["s"])
+    first = ob.last_seq() + 1
+    ob.append([ev(first), ev(first + 1)], {})
+    ob.settle("s", first + 1)
+    assert ob.depth() == 0 and all_seqs(ob) == []
+    ob.close()
+
+    ob = Outbox(path)
+    ob.open()
+    try:
+        assert ob.last_seq() == first + 1
+        ob.append([ev(first + 2)], {})
+        assert ob.last_seq() == first + 2
+        assert seqs(ob.pending("s", 10)) == [first + 2]
+    finally:
+        ob.close()
+
+
+async def test_async_outbox_runs_on_its_worker_thread(path: Path) -> None:
+    async with AsyncOutbox(Outbox(path)) as ob:
+        await ob.call(ob.sync.set_sinks, ["s"])
+        await ob.call(ob.sync.append, [ev(1), ev(2)], {})
+        assert seqs(await ob.call(ob.sync.pending, "s", 10)) == [1, 2]
+    with pytest.raises(OutboxError):
+        ob.sync.depth("s")  # closed on exit
+
+
+# -- SIGKILL in the middle of writing ----------------------------------------------------------
+
+
+def _run_writer(path: Path, seed: int, lines: int) -> tuple[int, list[int]]:
+    """Start the writer, SIGKILL it once it has printed ``lines`` committed seqs; return (start, printed)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.outbox_writer", str(path), str(seed)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    printed: list[int] = []
+    try:
+        head = proc.stdout.readline().decode()
+        assert head.startswith("start "), proc.stderr.read().decode()
+        start = int(head.split()[1])
+        while len(printed) < lines:
+            line = proc.stdout.readline()
+            assert line, f"writer died: {proc.stderr.read().decode()}"
+            printed.append(int(line))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    return start, printed
+
+
+@pytest.mark.parametrize(("seed", "lines"), [(1, 1), (2, 9), (3, 40), (4, 120), (5, 300)])
+def test_sigkill_mid_write_loses_no_committed_event(path: Path, seed: int, lines: int) -> None:
+    path.parent.mkdir(parents=True)
+    printed: list[int] = []
+    first: int | None = None
+    for round_ in range(2):  # killed, restarted on the same file, killed again
+        start, got = _run_writer(path, seed * 10 + round_, lines)
+        if first is None:
+            first = start + 1
+        else:
+            assert start >= printed[-1]  # seq keeps increasing after the crash
+        printed += got
+    assert first is not None
+
+    assert damaged(path) == []
+    ob = Outbox(path, max_events=10**9)
+    ob.open()
+    try:
+        assert ob.db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert damaged(path) == []
+        stored = ob.pending("s", 10**6)
+        got = seqs(stored)
+        assert set(printed) <= set(got)  # every event the writer saw committed is there
+        # No holes: each run appends contiguous seqs from the file's last_seq. The writer may have
+        # committed more than the test read before the kill landed; those are there too.
+        assert got == list(range(first, got[-1] + 1))
+        assert printed == sorted(set(printed)) and printed[0] == first
+        assert got[-1] >= printed[-1]
+        for e in stored:
+            body = json.loads(e.body)
+            assert body["id"] == e.id == f"e{e.seq}" and body["data"]["seq"] == e.seq
+        # events and alert state were committed together
+        assert ob.alerts()["last"]["seq"] == got[-1] == ob.last_seq()
+        assert ob.depth() == len(got)
+    finally:
+        ob.close()
