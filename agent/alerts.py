@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,27 +32,27 @@ def rfc3339(ts: float) -> str:
 
 
 def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and value != value:  # NaN never reaches here, but JSON must stay valid
+    if isinstance(value, float) and not math.isfinite(value):  # never reaches here, but JSON must stay valid
         return None
     return value
 
 
 def cloudevent(t: Transition, *, seq: int, event_id: str, gateway: str, site: str | None) -> dict[str, Any]:
     """The CloudEvents 1.0 (JSON format) form of one transition, exactly as CONTRACT.md fixes it."""
-    data: dict[str, Any] = {
+    data: dict[str, Any] = {k: _json_value(v) for k, v in t.extra.items()}  # never over the fields below
+    data |= {
         "alert": t.key,
         "machine": t.machine,
         "rule": t.rule,
         "signal": t.signal,
         "severity": t.severity.label,
         "value": _json_value(t.value),
-        "threshold": t.threshold,
+        "threshold": _json_value(t.threshold),
         "message": t.message,
         "seq": seq,
         "gateway": gateway,
         "site": site,
     }
-    data.update(t.extra)
     return {
         "specversion": "1.0",
         "id": event_id,

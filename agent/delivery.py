@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
@@ -76,16 +77,8 @@ class Delivery:
                 await self._wakeup.wait()
                 continue
             try:
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception_type((RetryLater, OutboxError)),
-                    wait=self._wait,
-                    stop=lambda _: self._stopping.is_set(),
-                    sleep=self._sleep,
-                    before_sleep=self._before_sleep,
-                ):
-                    with attempt:
-                        rejected = await self._deliver(batch)
-                        await self._settle(batch, rejected)
+                rejected = await self._deliver(batch, retry=True)
+                await self._retrying(functools.partial(self._settle, batch, rejected), OutboxError)
             except RetryError:
                 return  # stopping while the upstream fails: the events wait in the outbox
 
@@ -93,21 +86,36 @@ class Delivery:
         """One last try to deliver what is pending, without retries (at shutdown)."""
         while batch := await self._outbox.call(self._outbox.sync.pending, self.sink.id, self._batch_size):
             try:
-                rejected = await self._deliver(batch)
+                rejected = await self._deliver(batch, retry=False)
             except RetryLater as exc:
-                log.warning(
-                    "sink %s: %d events stay in the outbox for next time (%s)",
-                    self.sink.id,
-                    await self._outbox.call(self._outbox.sync.depth, self.sink.id),
-                    exc,
-                )
+                depth = await self._outbox.call(self._outbox.sync.depth, self.sink.id)
+                log.warning("sink %s: %d events stay in the outbox for next time (%s)", self.sink.id, depth, exc)
                 return
             await self._settle(batch, rejected)
 
-    async def _deliver(self, batch: Sequence[StoredEvent]) -> list[tuple[StoredEvent, str]]:
-        """Send the batch; on rejection bisect it. Returns the refused events with the reason."""
+    async def _retrying(self, work: Callable[[], Awaitable[None]], retry_on: type[Exception]) -> None:
+        """Run ``work`` until it succeeds, with backoff; raises RetryError only when stopping."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(retry_on),
+            wait=self._wait,
+            stop=lambda _: self._stopping.is_set(),
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+        ):
+            with attempt:
+                await work()
+
+    async def _deliver(self, batch: Sequence[StoredEvent], *, retry: bool) -> list[tuple[StoredEvent, str]]:
+        """Send the batch (each part retried on its own); on rejection bisect it.
+
+        Returns the refused events with the reason. A part once accepted is never sent again,
+        even if a later part has to wait for the upstream.
+        """
         try:
-            await self.sink.send(batch)
+            if retry:
+                await self._retrying(functools.partial(self.sink.send, batch), RetryLater)
+            else:
+                await self.sink.send(batch)
         except Rejected as exc:
             if len(batch) == 1:
                 log.error(
@@ -119,7 +127,7 @@ class Delivery:
                 )
                 return [(batch[0], str(exc))]
             mid = len(batch) // 2
-            return await self._deliver(batch[:mid]) + await self._deliver(batch[mid:])
+            return await self._deliver(batch[:mid], retry=retry) + await self._deliver(batch[mid:], retry=retry)
         return []
 
     async def _settle(self, batch: Sequence[StoredEvent], rejected: list[tuple[StoredEvent, str]]) -> None:

@@ -17,6 +17,7 @@ concurrent (``AsyncOutbox`` serialises them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -106,6 +107,10 @@ class Outbox:
     def _set_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        n = 1
+        while aside.exists():  # never overwrite an earlier damaged file
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(f"{self.path}{suffix}")
             if src.exists():
@@ -135,11 +140,14 @@ class Outbox:
             db.execute("BEGIN IMMEDIATE")
             try:
                 work(db)
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
         except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):  # the work may have counted rows it then rolled back
+                self._count = self._scalar("SELECT COUNT(*) FROM events")
             raise OutboxError(f"outbox {self.path}: {exc}") from exc
 
     # -- writing ---------------------------------------------------------------------------

@@ -15,9 +15,6 @@ from typing import Any
 from agent.config import FaultRule, Rule, ThresholdRule
 from agent.model import Sample, Severity, Transition, TransitionKind, Value
 
-# Fields every message template may use. {value} and {threshold} are already rounded for people.
-TEMPLATE_FIELDS = frozenset({"machine", "signal", "rule", "value", "threshold", "unit", "severity"})
-
 DEFAULT_MESSAGES: dict[str, dict[TransitionKind, str]] = {
     "threshold": {
         TransitionKind.RAISED: "{signal} on {machine} is {value}{unit}, at or over the {severity} "
@@ -87,9 +84,21 @@ def condition(rule: Rule, active: Severity | None, value: Value) -> Condition | 
     raise TypeError(f"unknown rule kind: {rule!r}")  # pragma: no cover - config forbids it
 
 
+class _Shown(float):
+    """A number in a message: shown for people by default, or as a template's format spec says."""
+
+    def __format__(self, spec: str) -> str:
+        if spec:
+            return format(float(self), spec)
+        v = float(self)
+        return f"{v:.6g}" if abs(v) >= 1e-3 or v == 0.0 else f"{v:.3g}"
+
+    __str__ = __repr__ = lambda self: format(self, "")
+
+
 def _display(value: Any) -> Any:
     if isinstance(value, float):
-        return f"{value:.6g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
+        return _Shown(value)
     return "" if value is None else value
 
 

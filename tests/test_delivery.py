@@ -182,8 +182,8 @@ def dead_letters(outbox: AsyncOutbox) -> list[tuple[Any, ...]]:
         (301, RetryLater),
         (100, RetryLater),
         (400, Rejected),
-        (401, Rejected),
-        (403, Rejected),
+        (401, RetryLater),  # the gateway's credentials are wrong, not the events
+        (403, RetryLater),
         (404, Rejected),
         (413, Rejected),
         (422, Rejected),
@@ -484,3 +484,32 @@ async def test_flush_with_upstream_up_delivers_everything(outbox: WatchedOutbox,
     assert ids(r.events) == ids(events[1:])
     assert dead_letters(outbox) == [("up", events[0].seq, events[0].id, "HTTP 422")]
     assert await outbox.call(outbox.sync.depth) == 0
+
+
+async def test_accepted_part_of_a_split_batch_is_not_sent_again(outbox: WatchedOutbox, watch: Watch) -> None:
+    events = await fill(outbox, 4)
+    bad, flaky = events[1], events[3]
+    failures = {"left": 2}
+
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        if bad.id in ids(batch):
+            return Reply(400)
+        if flaky.id in ids(batch) and failures["left"]:
+            failures["left"] -= 1
+            return Reply(503)  # the second half has to wait for the upstream
+        return Reply(200)
+
+    async with (
+        Receiver(respond) as r,
+        http_delivery(r.url, outbox, watch, batch_size=4) as (delivery, _),
+        delivering(delivery),
+    ):
+        await watch.until(lambda: delivery.delivered + delivery.rejected == 4)
+    assert ids(r.events) == [events[0].id, events[2].id, events[3].id]  # each exactly once, in order
+    assert dead_letters(outbox) == [("up", bad.seq, bad.id, "HTTP 400")]
+
+
+def test_read_token_blank_env_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANDON_TEST_TOKEN", "   ")
+    with pytest.raises(ConfigError, match=r"sinks\[0\].token_env: environment variable ANDON_TEST_TOKEN"):
+        read_token(sink_config("http://127.0.0.1:1/x", token_env="ANDON_TEST_TOKEN"), 0)

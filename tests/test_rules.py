@@ -147,3 +147,11 @@ def test_every_raised_alert_clears_once_normal_longer_than_off_delay(
     for _, kind, _ in run(rule, timeline + tail):
         active = kind is not C
     assert not active
+
+
+def test_template_format_specs_apply_to_numbers() -> None:
+    rule = threshold(message="wear {value:.1f}{unit} over {threshold:.0f}{unit}")
+    _, [t] = evaluate(rule, RuleState(), sample(81.234), 0.0, "%")
+    assert t.message == "wear 81.2% over 80%"
+    _, [t] = evaluate(threshold(), RuleState(), sample(1234567.0), 0.0)
+    assert "1.23457e+06" in t.message  # a huge float is shown short, never crashes

@@ -16,6 +16,7 @@ from agent.model import StoredEvent
 
 CONTENT_TYPE = "application/cloudevents-batch+json"
 MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is taken as an hour
+AUTH_FAILURES = (401, 403)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -38,11 +39,18 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 def classify(status: int, headers: Mapping[str, str], now: float) -> None:
     """Raise for a status that does not accept the batch; return for any 2xx.
 
-    408, 429 and 5xx (and the unexpected 1xx/3xx) mean "the same events again later";
-    any other 4xx means the receiver refuses them.
+    408, 429 and 5xx (and the unexpected 1xx/3xx) mean "the same events again later". So do 401
+    and 403: they say the gateway's credentials are wrong, not that the events are, and setting the
+    whole queue aside because a token expired would strand it. Any other 4xx means the receiver
+    refuses the events.
     """
     if 200 <= status < 300:
         return
+    if status in AUTH_FAILURES:
+        raise RetryLater(
+            f"HTTP {status}: the upstream refuses the gateway's credentials (check the token)",
+            parse_retry_after(headers.get("retry-after"), now),
+        )
     if status in (408, 429) or status >= 500 or status < 400:
         raise RetryLater(f"HTTP {status}", parse_retry_after(headers.get("retry-after"), now))
     raise Rejected(f"HTTP {status}", status)
@@ -51,10 +59,10 @@ def classify(status: int, headers: Mapping[str, str], now: float) -> None:
 def read_token(cfg: HttpSinkConfig, index: int) -> str | None:
     """The bearer token from the environment or a file, never from the config itself."""
     if cfg.token_env:
-        token = os.environ.get(cfg.token_env)
+        token = os.environ.get(cfg.token_env, "").strip()
         if not token:
             raise ConfigError(f"sinks[{index}].token_env: environment variable {cfg.token_env} is not set or empty")
-        return token.strip()
+        return token
     if cfg.token_file:
         try:
             token = cfg.token_file.read_text().strip()
@@ -99,6 +107,6 @@ class HttpSink:
             response = await self._client.post(self.url, content=body, headers=self._headers)
         except httpx.TimeoutException as exc:
             raise RetryLater(f"timeout ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # connection, protocol and decoding errors alike
             raise RetryLater(f"{type(exc).__name__}: {exc or 'connection failed'}") from exc
         classify(response.status_code, response.headers, time.time())
