@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import uuid
 from collections.abc import Callable, Sequence
@@ -19,6 +20,8 @@ from typing import Any
 
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
 from agent.outbox import AsyncOutbox
+
+log = logging.getLogger("andon.alerts")
 
 EVENT_TYPES = {
     TransitionKind.RAISED: "andon.alert.raised",
@@ -148,6 +151,7 @@ class AlertLog:
             self._last_seq = seq
             self.active = active
         for t, e in zip(transitions, events, strict=True):
+            log.info("event seq=%d %s %s %s: %s", e.seq, t.kind.value, t.key, t.severity.label, t.message)
             for observe in self._observers:
                 observe(t, e)
         for wake in self._on_commit:

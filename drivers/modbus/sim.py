@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pymodbus.constants import ExcCodes
@@ -31,6 +32,7 @@ class SimulatedMachine:
         self.refused: set[tuple[str, int]] = set()
         self.exception: int | None = None
         self.requests = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     async def _action(
         self, fc: int, start: int, address: int, count: int, registers: Any, values: Any
@@ -45,7 +47,20 @@ class SimulatedMachine:
     def _trace(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if not sending:
             self.requests += 1
+            for target, fut in list(self._waiters):
+                if self.requests >= target and not fut.done():
+                    fut.set_result(None)
         return pdu
+
+    async def wait_requests(self, n: int) -> None:
+        """Wait until the machine has received ``n`` more requests."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (self.requests + n, fut)
+        self._waiters.append(entry)
+        try:
+            await fut
+        finally:
+            self._waiters.remove(entry)
 
     def _device(self) -> SimDevice:
         n = self.registers

@@ -1,0 +1,177 @@
+"""The agent as a real process: SIGKILL while events are pending loses nothing; SIGTERM stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.receiver import Receiver
+from drivers.modbus.sim import SimulatedMachine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(path: Path, state: Path, port: int, url: str) -> Path:
+    path.write_text(f"""
+[agent]
+gateway_id = "gw-proc"
+state_dir = "{state}"
+
+[[machines]]
+id = "m1"
+protocol = "modbus"
+host = "127.0.0.1"
+port = {port}
+poll_interval = "50ms"
+timeout = "300ms"
+
+  [[machines.signals]]
+  id = "wear"
+  address = 0
+  scale = 0.1
+  unit = "%"
+
+  [[machines.signals]]
+  id = "fault"
+  address = 10
+  type = "bit"
+  bit = 3
+
+[[rules]]
+id = "wear"
+machine = "m1"
+signal = "wear"
+kind = "threshold"
+warning = 80
+critical = 95
+
+[[rules]]
+id = "fault"
+machine = "m1"
+signal = "fault"
+kind = "fault"
+
+[status]
+listen = ""
+
+[[sinks]]
+id = "up"
+kind = "http"
+url = "{url}"
+retry_max = "300ms"
+""")
+    return path
+
+
+class AgentProcess:
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: list[str] = []
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--config",
+            str(self.config),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    async def wait_line(self, text: str, count: int = 1, within: float = 10.0) -> None:
+        """Read the agent's log until ``count`` lines containing ``text`` were seen."""
+        assert self.proc is not None and self.proc.stdout is not None
+        async with asyncio.timeout(within):
+            while sum(text in line for line in self.lines) < count:
+                raw = await self.proc.stdout.readline()
+                if not raw:
+                    raise AssertionError("agent exited:\n" + "".join(self.lines))
+                self.lines.append(raw.decode())
+
+    async def signal(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        async with asyncio.timeout(15):
+            if self.proc.stdout is not None:
+                self.lines += [line.decode() for line in (await self.proc.stdout.read()).splitlines(True)]
+            return await self.proc.wait()
+
+
+@pytest.fixture
+async def upstream(unused_tcp_port: int) -> AsyncIterator[Receiver]:
+    r = Receiver(port=unused_tcp_port)  # not listening until a test starts it
+    yield r
+    await r.stop()
+
+
+def pending_ids(state: Path) -> list[str]:
+    with sqlite3.connect(state / "outbox.db") as db:
+        return [row[0] for row in db.execute("SELECT id FROM events ORDER BY seq")]
+
+
+async def test_sigkill_with_pending_events_loses_nothing(
+    tmp_path: Path, machine: SimulatedMachine, upstream: Receiver
+) -> None:
+    state = tmp_path / "state"
+    cfg = write_config(tmp_path / "agent.toml", state, machine.port, upstream.url)
+    agent = AgentProcess(cfg)
+    await agent.start()
+    await agent.wait_line("started")
+    await machine.set("holding", 0, [850])
+    await agent.wait_line("raised m1/wear")
+    await machine.set("holding", 0, [960])
+    await agent.wait_line("updated m1/wear")
+    await machine.set("holding", 10, [0b1000])
+    await agent.wait_line("raised m1/fault")
+    assert await agent.signal(signal.SIGKILL) == -signal.SIGKILL
+
+    before = pending_ids(state)
+    assert len(before) == 3  # the upstream was down: all three wait on disk
+
+    await upstream.start()
+    again = AgentProcess(cfg)
+    await again.start()
+    await upstream.wait_for(lambda ev: len(ev) >= 3)
+    await machine.wait_requests(5)  # the restarted agent has polled the still-active alerts
+    await machine.set("holding", 0, [100])
+    await upstream.wait_for(lambda ev: any(e["type"] == "andon.alert.cleared" for e in ev))
+    assert await again.signal(signal.SIGTERM) == 0
+
+    got = [(e["id"], e["type"], e["subject"]) for e in upstream.events]
+    assert [g[0] for g in got[:3]] == before  # same ids, in seq order
+    assert [g[1:] for g in got] == [
+        ("andon.alert.raised", "m1/wear"),
+        ("andon.alert.updated", "m1/wear"),
+        ("andon.alert.raised", "m1/fault"),
+        ("andon.alert.cleared", "m1/wear"),  # and no second raise of the still-active alerts
+    ]
+    seqs = [e["data"]["seq"] for e in upstream.events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+    assert pending_ids(state) == []
+
+
+async def test_sigterm_stops_cleanly_after_a_last_delivery(
+    tmp_path: Path, machine: SimulatedMachine, receiver: Receiver
+) -> None:
+    cfg = write_config(tmp_path / "agent.toml", tmp_path / "state", machine.port, receiver.url)
+    agent = AgentProcess(cfg)
+    await agent.start()
+    await agent.wait_line("started")
+    await machine.set("holding", 10, [0b1000])
+    await agent.wait_line("raised m1/fault")
+    assert await agent.signal(signal.SIGTERM) == 0
+    assert any("stopped" in line for line in agent.lines)
+    assert [json.dumps(e["subject"]) for e in receiver.events] == ['"m1/fault"']
