@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
@@ -30,7 +30,7 @@ from agent.model import Sample, Severity, Transition, TransitionKind
 from agent.outbox import AsyncOutbox, Outbox
 from agent.rules import RuleState, evaluate
 from agent.sinks.http import HttpSink, make_client, read_token
-from drivers.base import Driver, make_driver
+from drivers.base import Driver, Drivers, PushDriver
 
 log = logging.getLogger("andon.runtime")
 
@@ -83,7 +83,7 @@ class MachineRunner:
         alerts: AlertLog,
         *,
         clock: Clock,
-        driver_factory: Callable[[Machine], Driver] = make_driver,
+        driver_factory: Callable[[Machine], Driver],
     ) -> None:
         self.machine = machine
         self.rules = list(rules)
@@ -137,27 +137,31 @@ class MachineRunner:
 
     async def _session(self) -> None:
         """One connection's life. Returns (for an immediate, fresh reconnect) if it had worked."""
-        interval = self.machine.poll_interval
         async with self._driver_factory(self.machine) as driver:
             self.status.connected = True
             had_good = False
-            next_tick = self._clock.monotonic()
-            while True:
-                honour_swallowed_cancel()
-                try:
-                    samples = await driver.read()
-                except ConnectionLost as exc:
-                    if not had_good:
-                        raise
-                    self.status.connected = False
-                    self.status.last_error = str(exc)
-                    self._conn.fail(exc, "reconnecting")
-                    return
-                honour_swallowed_cancel()
-                had_good = await self.handle(samples) or had_good
-                now = self._clock.monotonic()
-                next_tick = max(next_tick + interval, now)
-                await asyncio.sleep(next_tick - now)
+            source = driver.updates() if isinstance(driver, PushDriver) else self._polls(driver)
+            try:
+                async for samples in source:
+                    honour_swallowed_cancel()
+                    had_good = await self.handle(samples) or had_good
+            except ConnectionLost as exc:
+                if not had_good:
+                    raise
+                self.status.connected = False
+                self.status.last_error = str(exc)
+                self._conn.fail(exc, "reconnecting")
+
+    async def _polls(self, driver: Driver) -> AsyncIterator[list[Sample]]:
+        """Read the driver every ``poll_interval`` (missed ticks are skipped, never bunched up)."""
+        interval = self.machine.poll_interval
+        next_tick = self._clock.monotonic()
+        while True:
+            honour_swallowed_cancel()
+            yield await driver.read()
+            now = self._clock.monotonic()
+            next_tick = max(next_tick + interval, now)
+            await asyncio.sleep(next_tick - now)
 
     # -- samples and rules --------------------------------------------------------------------
 
@@ -247,7 +251,7 @@ class Agent:
         *,
         clock: Clock | None = None,
         observers: Sequence[Observer] = (),
-        driver_factory: Callable[[Machine], Driver] = make_driver,
+        driver_factory: Callable[[Machine], Driver] | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock or Clock()
@@ -264,6 +268,11 @@ class Agent:
         tokens = [read_token(s, i) for i, s in enumerate(cfg.sinks)]  # ConfigError before anything starts
         cfg.agent.state_dir.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
+            drivers = self._driver_factory
+            if drivers is None:
+                shared = Drivers()
+                stack.push_async_callback(shared.aclose)
+                drivers = shared
             outbox = await stack.enter_async_context(
                 AsyncOutbox(Outbox(cfg.agent.state_dir / "outbox.db", max_events=cfg.outbox.max_events))
             )
@@ -290,7 +299,7 @@ class Agent:
                     [r for r in cfg.rules if r.machine == m.id],
                     self.alerts,
                     clock=self.clock,
-                    driver_factory=self._driver_factory,
+                    driver_factory=drivers,
                 )
                 for m in cfg.machines
             ]

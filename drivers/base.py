@@ -6,8 +6,9 @@ protocol library. Protocol modules are imported only when a machine of that prot
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 from agent.config import ModbusMachine, OpcuaMachine
 from agent.model import Sample
@@ -33,6 +34,18 @@ class Driver(Protocol):
     async def read(self) -> list[Sample]: ...
 
 
+@runtime_checkable
+class PushDriver(Driver, Protocol):
+    """A driver whose source pushes changes (e.g. OPC UA subscriptions).
+
+    ``updates()`` yields lists of samples as they arrive (the first list holds every signal's
+    current value) and raises :class:`~agent.errors.ConnectionLost` when the session is gone. The
+    runtime iterates it instead of calling ``read`` on a timer.
+    """
+
+    def updates(self) -> AsyncIterator[list[Sample]]: ...
+
+
 def make_driver(machine: ModbusMachine | OpcuaMachine) -> Driver:
     """A new, unconnected driver for the machine."""
     if isinstance(machine, ModbusMachine):
@@ -42,3 +55,15 @@ def make_driver(machine: ModbusMachine | OpcuaMachine) -> Driver:
     from drivers.opcua import OpcuaDriver
 
     return OpcuaDriver(machine)
+
+
+class Drivers:
+    """Makes the drivers of one agent, and owns what they share (e.g. one serial bus for several
+    machines). One instance per agent run: no global state. Call :meth:`aclose` when done.
+    """
+
+    def __call__(self, machine: ModbusMachine | OpcuaMachine) -> Driver:
+        return make_driver(machine)
+
+    async def aclose(self) -> None:
+        """Close whatever the drivers shared."""
