@@ -135,6 +135,7 @@ class Delivery:
         self.delivered += len(batch) - len(rejected)
         self.rejected += len(rejected)
         self.last_success = time.time()
+        self.last_error = None  # the uplink is up again
         if self._failing:
             self._failing = False
             log.info("sink %s: delivering again", self.sink.id)
