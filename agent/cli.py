@@ -74,14 +74,21 @@ def summary(cfg: Config) -> str:
     return "\n".join(lines)
 
 
-async def _run(cfg: Config) -> None:
+async def _run(cfg: Config, path: Path) -> None:
+    from agent.notify import Notifier
     from agent.runtime import Agent
 
     stop = asyncio.Event()
+    notifier = Notifier.from_env()
+    agent = Agent(cfg, config_path=path, notifier=notifier)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Agent(cfg).run(stop)
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
+    try:
+        await agent.run(stop)
+    finally:
+        notifier.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_demo(speed=args.speed, duration=args.duration))
         return EXIT_OK
     try:
-        cfg = load_config(_config_path(args.config))
+        path = _config_path(args.config)
+        cfg = load_config(path)
     except ConfigError as exc:
         print(f"andon-agent: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -120,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("config OK")
         return EXIT_OK
     try:
-        asyncio.run(_run(cfg))
+        asyncio.run(_run(cfg, path))
     except ConfigError as exc:  # e.g. a token variable that is not set
         print(f"andon-agent: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

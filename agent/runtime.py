@@ -16,20 +16,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from agent.alerts import AlertLog, Observer, rfc3339
-from agent.config import Config, ModbusMachine, OpcuaMachine, Rule
+from agent.config import Config, ModbusMachine, OpcuaMachine, Rule, load_config
+from agent.config import HttpSink as HttpSinkConfig
 from agent.delivery import Delivery
-from agent.errors import AndonError, ConnectionLost, OutboxError
+from agent.errors import AndonError, ConfigError, ConnectionLost, OutboxError
 from agent.logs import Trouble
 from agent.model import Sample, Severity, Transition, TransitionKind
+from agent.notify import Notifier
 from agent.outbox import AsyncOutbox, Outbox
 from agent.rules import RuleState, evaluate
 from agent.sinks.http import HttpSink, make_client, read_token
+from agent.status import StatusServer
 from drivers.base import Driver, Drivers, PushDriver
 
 log = logging.getLogger("andon.runtime")
@@ -55,6 +61,8 @@ class MachineStatus:
     errors: int = 0
     last_error: str | None = None
     bad_signals: dict[str, str] = field(default_factory=dict)
+    poll_seconds_sum: float = 0.0
+    poll_count: int = 0
 
 
 Machine = ModbusMachine | OpcuaMachine
@@ -104,6 +112,16 @@ class MachineRunner:
         self._offline_lock = asyncio.Lock()
         self._conn = Trouble(log, f"machine {machine.id}")
         self._commit = Trouble(log, f"machine {machine.id}: committing events")
+
+    @property
+    def last_good_monotonic(self) -> float:
+        """Monotonic time of the last good read (the agent's start time before the first one)."""
+        return self._last_good_mono
+
+    @property
+    def outbox_error(self) -> str | None:
+        """Why the last commit of this machine's events failed, while it keeps failing."""
+        return self._commit.last_error
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -158,8 +176,12 @@ class MachineRunner:
         next_tick = self._clock.monotonic()
         while True:
             honour_swallowed_cancel()
-            yield await driver.read()
+            started = self._clock.monotonic()
+            samples = await driver.read()
             now = self._clock.monotonic()
+            self.status.poll_seconds_sum += now - started
+            self.status.poll_count += 1
+            yield samples
             next_tick = max(next_tick + interval, now)
             await asyncio.sleep(next_tick - now)
 
@@ -243,99 +265,217 @@ class MachineRunner:
 
 
 class Agent:
-    """The whole daemon for one config. ``run(stop)`` returns after ``stop`` is set and all is flushed."""
+    """The whole daemon for one config. ``run(stop)`` returns after ``stop`` is set and all is flushed.
+
+    Machines and sinks run as tasks of one TaskGroup; :meth:`request_reload` (SIGHUP) re-reads the
+    config file and starts, stops or restarts only the machines and sinks whose config changed.
+    """
 
     def __init__(
         self,
         cfg: Config,
         *,
+        config_path: Path | None = None,
         clock: Clock | None = None,
         observers: Sequence[Observer] = (),
         driver_factory: Callable[[Machine], Driver] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock or Clock()
+        self.started_at = self.clock.monotonic()
+        self._config_path = config_path
         self._observers = list(observers)
         self._driver_factory = driver_factory
-        self.machines: list[MachineRunner] = []
-        self.deliveries: list[Delivery] = []
+        self._notifier = notifier or Notifier(None)
+        self._machines: dict[str, tuple[MachineRunner, asyncio.Task[None]]] = {}
+        self._sinks: dict[str, _RunningSink] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._reload = asyncio.Event()
         self.outbox: AsyncOutbox | None = None
         self.alerts: AlertLog | None = None
+        self.status_port: int | None = None
         self.started = asyncio.Event()
+        self.reloads = 0  # reloads applied (a refused one does not count)
+
+    @property
+    def machines(self) -> list[MachineRunner]:
+        return [runner for runner, _ in self._machines.values()]
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        return [s.delivery for s in self._sinks.values()]
+
+    def request_reload(self) -> None:
+        """Re-read the config file soon (what SIGHUP does)."""
+        self._reload.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
-        tokens = [read_token(s, i) for i, s in enumerate(cfg.sinks)]  # ConfigError before anything starts
+        tokens = _tokens(cfg)  # ConfigError before anything starts
         cfg.agent.state_dir.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
-            drivers = self._driver_factory
-            if drivers is None:
+            if self._driver_factory is None:
                 shared = Drivers()
                 stack.push_async_callback(shared.aclose)
-                drivers = shared
-            outbox = await stack.enter_async_context(
-                AsyncOutbox(Outbox(cfg.agent.state_dir / "outbox.db", max_events=cfg.outbox.max_events))
-            )
-            self.outbox = outbox
+                self._driver_factory = shared
+            self.outbox = outbox = await stack.enter_async_context(self._make_outbox(cfg))
             await outbox.call(outbox.sync.set_sinks, [s.id for s in cfg.sinks])
-            for sink_cfg, token in zip(cfg.sinks, tokens, strict=True):
-                client = await stack.enter_async_context(make_client(sink_cfg))
-                sink = HttpSink(sink_cfg, client, token)
-                self.deliveries.append(
-                    Delivery(sink, outbox, batch_size=cfg.outbox.batch_size, retry_max=sink_cfg.retry_max)
-                )
             self.alerts = AlertLog(
                 outbox,
                 gateway=cfg.agent.gateway_id,
                 site=cfg.agent.site,
-                on_commit=[d.wake for d in self.deliveries],
+                on_commit=[self._wake_deliveries],
                 observers=self._observers,
             )
             await self.alerts.load()
             await self._clear_orphans(self.alerts)
-            self.machines = [
-                MachineRunner(
-                    m,
-                    [r for r in cfg.rules if r.machine == m.id],
-                    self.alerts,
-                    clock=self.clock,
-                    driver_factory=drivers,
-                )
-                for m in cfg.machines
-            ]
-            log.info(
-                "agent %s started: %d machine(s), %d rule(s), %d sink(s), %d event(s) waiting in the outbox",
-                cfg.agent.gateway_id,
-                len(cfg.machines),
-                len(cfg.rules),
-                len(cfg.sinks),
-                outbox.sync.depth(),
-            )
             async with asyncio.TaskGroup() as tg:
-                polls = [tg.create_task(m.run(), name=f"machine:{m.machine.id}") for m in self.machines]
-                sends = [tg.create_task(d.run(), name=f"sink:{d.sink.id}") for d in self.deliveries]
+                self._tg = tg
+                for sink_cfg, token in zip(cfg.sinks, tokens, strict=True):
+                    self._start_sink(sink_cfg, token)
+                for machine in cfg.machines:
+                    self._start_machine(machine)
+                if cfg.status.listen:
+                    status = await stack.enter_async_context(StatusServer(self, cfg.status.listen))
+                    self.status_port = status.port
+                watchdog = tg.create_task(self._notifier.watchdog(), name="watchdog")
+                log.info(
+                    "agent %s started: %d machine(s), %d rule(s), %d sink(s), %d event(s) waiting in the outbox%s",
+                    cfg.agent.gateway_id,
+                    len(cfg.machines),
+                    len(cfg.rules),
+                    len(cfg.sinks),
+                    outbox.sync.depth(),
+                    f", status on {cfg.status.listen}" if cfg.status.listen else "",
+                )
+                self._notifier.send(READY="1", STATUS=f"watching {len(cfg.machines)} machine(s)")
                 self.started.set()
-                await stop.wait()
+                while not stop.is_set():
+                    await _first(stop.wait(), self._reload.wait())
+                    if self._reload.is_set() and not stop.is_set():
+                        self._reload.clear()
+                        await self._apply_reload()
+                self._notifier.send(STOPPING="1", STATUS="stopping")
                 log.info("stopping: last delivery attempt, then closing")
-                for task in polls:
-                    task.cancel()
-                for d in self.deliveries:
-                    d.stop()  # finish the batch in flight, so a clean stop sends nothing twice
-                if sends:
-                    _, late = await asyncio.wait(sends, timeout=FLUSH_TIMEOUT)
-                    for task in late:
-                        task.cancel()
-            for d in self.deliveries:
+                for machine_id in list(self._machines):
+                    await self._stop_machine(machine_id)
+                await asyncio.gather(*(self._stop_sink_task(s) for s in self._sinks.values()))
+                watchdog.cancel()
+            for running in self._sinks.values():
                 try:
                     async with asyncio.timeout(FLUSH_TIMEOUT):
-                        await d.flush()
+                        await running.delivery.flush()
                 except (TimeoutError, OutboxError) as exc:
                     log.warning(
                         "sink %s: final delivery cut short (%s); the rest waits in the outbox",
-                        d.sink.id,
+                        running.delivery.sink.id,
                         exc or "timeout",
                     )
+                await running.client.aclose()
         log.info("stopped")
+
+    # -- building blocks ----------------------------------------------------------------------
+
+    def _make_outbox(self, cfg: Config) -> AsyncOutbox:
+        return AsyncOutbox(Outbox(cfg.agent.state_dir / "outbox.db", max_events=cfg.outbox.max_events))
+
+    def _wake_deliveries(self) -> None:
+        for running in self._sinks.values():
+            running.delivery.wake()
+
+    def _start_sink(self, sink_cfg: HttpSinkConfig, token: str | None) -> None:
+        assert self._tg is not None and self.outbox is not None
+        client = make_client(sink_cfg)
+        delivery = Delivery(
+            HttpSink(sink_cfg, client, token),
+            self.outbox,
+            batch_size=self.cfg.outbox.batch_size,
+            retry_max=sink_cfg.retry_max,
+        )
+        task = self._tg.create_task(delivery.run(), name=f"sink:{sink_cfg.id}")
+        self._sinks[sink_cfg.id] = _RunningSink(sink_cfg, token, delivery, client, task)
+
+    async def _stop_sink_task(self, running: _RunningSink) -> None:
+        """Let the sink finish its batch in flight (so nothing is sent twice), then stop it."""
+        running.delivery.stop()
+        _, late = await asyncio.wait({running.task}, timeout=FLUSH_TIMEOUT)
+        for task in late:
+            task.cancel()
+            await asyncio.wait({task})
+
+    def _start_machine(self, machine: Machine) -> None:
+        assert self._tg is not None and self.alerts is not None and self._driver_factory is not None
+        runner = MachineRunner(
+            machine,
+            [r for r in self.cfg.rules if r.machine == machine.id],
+            self.alerts,
+            clock=self.clock,
+            driver_factory=self._driver_factory,
+        )
+        self._machines[machine.id] = (runner, self._tg.create_task(runner.run(), name=f"machine:{machine.id}"))
+
+    async def _stop_machine(self, machine_id: str) -> None:
+        _, task = self._machines.pop(machine_id)
+        task.cancel()
+        await asyncio.wait({task})
+
+    # -- reload -------------------------------------------------------------------------------
+
+    async def _apply_reload(self) -> None:
+        """Apply a changed config file; an invalid one is refused and the running config stays."""
+        if self._config_path is None:
+            log.warning("reload requested, but the agent was not started from a config file")
+            return
+        try:
+            new = load_config(self._config_path)
+            tokens = _tokens(new)
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            return
+        self._notifier.send(RELOADING="1", STATUS="reloading the config")
+        old = self.cfg
+        for section in ("agent", "outbox", "status"):
+            if getattr(old, section) != getattr(new, section):
+                log.warning("reload: changes to [%s] take effect after a restart", section)
+        new = new.model_copy(update={"agent": old.agent, "outbox": old.outbox, "status": old.status})
+        new_tokens = {s.id: t for s, t in zip(new.sinks, tokens, strict=True)}
+        new_sinks = {s.id: s for s in new.sinks}
+        for sink_id, running in list(self._sinks.items()):
+            if new_sinks.get(sink_id) != running.config or new_tokens.get(sink_id) != running.token:
+                await self._stop_sink_task(running)
+                await running.client.aclose()
+                del self._sinks[sink_id]
+        assert self.outbox is not None and self.alerts is not None
+        await self.outbox.call(self.outbox.sync.set_sinks, list(new_sinks))
+
+        def rules_of(cfg: Config, machine_id: str) -> list[Rule]:
+            return [r for r in cfg.rules if r.machine == machine_id]
+
+        new_machines = {m.id: m for m in new.machines}
+        for machine_id, (runner, _) in list(self._machines.items()):
+            kept = new_machines.get(machine_id)
+            if kept != runner.machine or rules_of(new, machine_id) != rules_of(old, machine_id):
+                await self._stop_machine(machine_id)  # restarted below; active alerts come back from the outbox
+        self.cfg = new
+        await self._clear_orphans(self.alerts)
+        for sink_cfg in new.sinks:
+            if sink_cfg.id not in self._sinks:
+                self._start_sink(sink_cfg, new_tokens[sink_cfg.id])
+        started = [m.id for m in new.machines if m.id not in self._machines]
+        for machine in new.machines:
+            if machine.id in started:
+                self._start_machine(machine)
+        self.reloads += 1
+        log.info(
+            "config reloaded from %s: (re)started machine(s) %s; %d machine(s), %d rule(s), %d sink(s)",
+            self._config_path,
+            ", ".join(started) or "none",
+            len(new.machines),
+            len(new.rules),
+            len(new.sinks),
+        )
+        self._notifier.send(READY="1", STATUS=f"watching {len(new.machines)} machine(s)")
 
     async def _clear_orphans(self, alerts: AlertLog) -> None:
         """Clear active alerts whose machine or rule is no longer in the config."""
@@ -353,9 +493,32 @@ class Agent:
                     severity=a.severity,
                     value=None,
                     threshold=a.threshold,
-                    message=f"{a.key} cleared: its rule is no longer in the configuration",
+                    message=f"{a.key} cleared: its rule or machine is no longer in the configuration",
                     time=self.clock.wall(),
                 )
                 for a in orphans
             ]
         )
+
+
+@dataclass
+class _RunningSink:
+    config: HttpSinkConfig
+    token: str | None
+    delivery: Delivery
+    client: httpx.AsyncClient
+    task: asyncio.Task[None]
+
+
+def _tokens(cfg: Config) -> list[str | None]:
+    return [read_token(s, i) for i, s in enumerate(cfg.sinks)]
+
+
+async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of the coroutines finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
