@@ -119,8 +119,10 @@ class ModbusMachine(_MachineBase):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
+    framer: Literal["socket", "rtu"] = "socket"  # TCP only: "rtu" for RTU-over-TCP gateways
     unit: int = Field(default=1, ge=0, le=255)
     max_gap: int = Field(default=8, ge=0, le=124)  # registers bridged to merge two reads into one
+    request_gap: Duration = Field(default=0.0, ge=0, le=10)  # quiet time on the bus after each request
     signals: list[ModbusSignal] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -129,7 +131,18 @@ class ModbusMachine(_MachineBase):
             raise KeyProblem("serial", "set only one of `host` (Modbus TCP) or `serial` (Modbus RTU), not both")
         if self.host is None and self.serial is None:
             raise ValueError("set one of `host` (Modbus TCP) or `serial` (Modbus RTU)")
+        if self.serial is not None:
+            for key in ("framer", "port"):
+                if key in self.model_fields_set:
+                    raise KeyProblem(key, f"`{key}` is only for Modbus TCP (`host`); a serial line always uses RTU")
         return self
+
+    @property
+    def bus(self) -> str:
+        """The connection this machine uses; machines with the same ``bus`` share one connection."""
+        if self.serial is not None:
+            return f"serial {self.serial}"
+        return f"tcp {(self.host or '').lower()}:{self.port}" + (" rtu" if self.framer == "rtu" else "")
 
 
 class OpcuaSignal(_Strict):
@@ -280,6 +293,33 @@ def _describe(err: Any) -> str:
     return str(msg)
 
 
+_SERIAL_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
+
+
+def _modbus_bus_checks(cfg: Config) -> list[tuple[str, str]]:
+    """Modbus machines on one serial port share one connection: they must agree on its settings."""
+    errors: list[tuple[str, str]] = []
+    first: dict[str, tuple[int, ModbusMachine]] = {}
+    for mi, m in enumerate(cfg.machines):
+        if not isinstance(m, ModbusMachine) or m.serial is None:
+            continue
+        if m.bus not in first:
+            first[m.bus] = (mi, m)
+            continue
+        _, other = first[m.bus]
+        for key in _SERIAL_SETTINGS:
+            mine, theirs = getattr(m, key), getattr(other, key)
+            if mine != theirs:
+                errors.append(
+                    (
+                        f"machines[{mi}].{key}",
+                        f"machine {m.id!r} shares serial port {m.serial} with {other.id!r}, "
+                        f"which has {key} = {theirs!r}, not {mine!r}; machines on one bus must agree",
+                    )
+                )
+    return errors
+
+
 def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
 
@@ -293,6 +333,7 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     unique(cfg.machines, "machines")
     unique(cfg.rules, "rules")
     unique(cfg.sinks, "sinks")
+    errors += _modbus_bus_checks(cfg)
     machines = {m.id: m for m in cfg.machines}
     for mi, m in enumerate(cfg.machines):
         unique(m.signals, f"machines[{mi}].signals")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from agent.config import ModbusMachine, OpcuaMachine
 from agent.model import Sample
@@ -58,12 +58,30 @@ def make_driver(machine: ModbusMachine | OpcuaMachine) -> Driver:
 
 
 class Drivers:
-    """Makes the drivers of one agent, and owns what they share (e.g. one serial bus for several
-    machines). One instance per agent run: no global state. Call :meth:`aclose` when done.
+    """Makes the drivers of one agent, and owns what they share. One instance per agent run: no
+    global state. Call :meth:`aclose` when done.
+
+    Modbus machines with the same :attr:`~agent.config.ModbusMachine.bus` (one serial port, or one
+    ``host:port`` and framer) share one connection, a :class:`drivers.modbus.bus.Bus`: requests on
+    it go one at a time, and a unit that does not answer does not close it for the others.
+    pymodbus is imported only when a Modbus machine is made.
     """
 
+    def __init__(self) -> None:
+        self._modbus: Any = None  # drivers.modbus.bus.Buses, made on first use
+
     def __call__(self, machine: ModbusMachine | OpcuaMachine) -> Driver:
+        if isinstance(machine, ModbusMachine):
+            from drivers.modbus.bus import Buses
+            from drivers.modbus.driver import ModbusDriver
+
+            if self._modbus is None:
+                self._modbus = Buses()
+            return ModbusDriver(machine, self._modbus.get(machine))
         return make_driver(machine)
 
     async def aclose(self) -> None:
         """Close whatever the drivers shared."""
+        if self._modbus is not None:
+            await self._modbus.aclose()
+            self._modbus = None

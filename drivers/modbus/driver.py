@@ -1,9 +1,33 @@
-"""The Modbus driver's I/O shell: one pymodbus client, the planned reads, decoding into samples.
+"""The Modbus driver's I/O shell: the planned reads of one machine over its bus, decoded into samples.
 
 Pure parts live beside it: :mod:`drivers.modbus.planner` (which reads to make) and
-:mod:`drivers.modbus.codec` (registers to values). pymodbus's own retries and automatic reconnect
-are turned off: every request is bounded by the machine's ``timeout``, and the agent's supervisor
-reconnects with capped, jittered backoff.
+:mod:`drivers.modbus.codec` (registers to values). The connection is a :class:`~drivers.modbus.bus.Bus`,
+shared with the other machines (units) on the same serial port or TCP connection when the driver
+comes from a :class:`~drivers.modbus.bus.Buses` registry (``drivers.base.Drivers`` makes one per
+agent); :func:`drivers.base.make_driver` gives a driver its own private bus.
+
+How a poll handles what the device answers:
+
+* a good reply: each signal is decoded (NaN and infinity give a bad sample);
+* a reply of the wrong length: the request's signals are bad for this poll;
+* exception 2, illegal data address, to a merged read: the read is split in halves, recursively,
+  until the refused addresses are found; only the signals covering them are bad (one ERROR line
+  per poll names them), and from then on the plan avoids them and does not bridge a gap the
+  device refused. When every part of a refused read is answered, the refused address was in a
+  gap the halves left out, or the device takes no read that long: the plan stops bridging that
+  gap, or uses shorter reads;
+* exception 6, device busy (and 5, acknowledge): retried once in the same poll after a short
+  pause (:func:`busy_pause`); if still busy, the signals are bad for this poll and the next poll
+  reads them again;
+* exception 10/11, gateway path unavailable / target failed to respond: the unit behind the
+  gateway is unreachable, so the rest of this poll's reads are skipped (bad samples). After
+  :data:`GATEWAY_POLLS` such polls in a row :meth:`ModbusDriver.read` raises ``ConnectionLost``, so
+  the runtime backs the unit off like a unit that does not answer;
+* any other exception (device failure 4, illegal function 1, ...): the request's signals are bad
+  for this poll, the next poll is the retry;
+* no answer within ``timeout``: :class:`~drivers.modbus.bus.NoAnswer` (a ``ConnectionLost``); the
+  runtime backs this machine off, with capped jittered delays, while the bus stays open for the
+  other units.
 """
 
 from __future__ import annotations
@@ -12,24 +36,24 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
-from pymodbus import FramerType
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
-from agent.config import ModbusMachine, ModbusSignal
+from agent.config import ModbusMachine, ModbusSignal, RegisterTable
 from agent.errors import ConnectionLost
 from agent.model import Quality, Sample
+from drivers.modbus.bus import Bus
 from drivers.modbus.codec import CodecError, decode, register_count, scaled
-from drivers.modbus.planner import ReadRequest, Span, excluded, plan_reads, split_request
+from drivers.modbus.planner import MAX_BITS, MAX_REGISTERS, ReadRequest, Span, excluded, plan_reads, split_request
 
 log = logging.getLogger("andon.modbus")
 
-ILLEGAL_ADDRESS = 2
-EXCEPTION_NAMES = {
+ILLEGAL_ADDRESS: Final = 2
+BUSY: Final = frozenset({5, 6})  # acknowledge, device busy: the device asks us to come back shortly
+GATEWAY: Final = frozenset({10, 11})  # gateway path unavailable, gateway target failed to respond
+GATEWAY_POLLS: Final = 3
+EXCEPTION_NAMES: Final = {
     1: "illegal function",
     2: "illegal data address",
     3: "illegal data value",
@@ -40,19 +64,37 @@ EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target failed to respond",
 }
+_BIT_TABLES: Final = frozenset({"coil", "discrete"})
+
+
+def busy_pause(machine: ModbusMachine) -> float:
+    """How long to wait before the one retry of a read the device answered "busy"."""
+    return min(0.1, machine.poll_interval / 4)
 
 
 def spans_for(machine: ModbusMachine) -> dict[str, Span]:
     """Each signal's footprint in its table: registers, or one bit for coils and discrete inputs."""
     return {
-        s.id: Span(s.table, s.address, 1 if s.table in ("coil", "discrete") else register_count(s.type, s.length), s.id)
+        s.id: Span(s.table, s.address, 1 if s.table in _BIT_TABLES else register_count(s.type, s.length), s.id)
         for s in machine.signals
     }
 
 
-def plan_for(machine: ModbusMachine, refused: frozenset[tuple[Any, int]] = frozenset()) -> list[ReadRequest]:
+def plan_for(
+    machine: ModbusMachine,
+    refused: frozenset[tuple[Any, int]] = frozenset(),
+    *,
+    max_registers: int = MAX_REGISTERS,
+    max_bits: int = MAX_BITS,
+) -> list[ReadRequest]:
     """The reads one poll of the machine makes (shown by ``andon-agent check``)."""
-    return plan_reads(spans_for(machine).values(), max_gap=machine.max_gap, refused=refused)
+    return plan_reads(
+        spans_for(machine).values(),
+        max_gap=machine.max_gap,
+        refused=refused,
+        max_registers=max_registers,
+        max_bits=max_bits,
+    )
 
 
 def decode_signal(signal: ModbusSignal, words: Sequence[int] | None, bit: bool | None) -> tuple[Any, str | None]:
@@ -67,135 +109,174 @@ def decode_signal(signal: ModbusSignal, words: Sequence[int] | None, bit: bool |
     return value, None
 
 
-class ModbusDriver:
-    """One Modbus TCP or RTU connection to one machine. See :class:`drivers.base.Driver`."""
+class _Unreachable(Exception):
+    """A gateway said the unit cannot be reached: skip the rest of this poll."""
 
-    def __init__(self, machine: ModbusMachine) -> None:
+
+def _exception_text(code: int) -> str:
+    return f"Modbus exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+
+
+class ModbusDriver:
+    """One Modbus machine (one unit) on its bus. See :class:`drivers.base.Driver`."""
+
+    def __init__(self, machine: ModbusMachine, bus: Bus | None = None) -> None:
         self.machine = machine
+        self._bus = bus if bus is not None else Bus(machine)
         self._spans = spans_for(machine)
         self._signals = {s.id: s for s in machine.signals}
+        self._used: dict[str, set[int]] = {}  # addresses some signal needs, per table
+        for span in self._spans.values():
+            self._used.setdefault(span.table, set()).update(range(span.address, span.address + span.count))
         self._refused: set[tuple[Any, int]] = set()
+        self._limits = {"registers": MAX_REGISTERS, "bits": MAX_BITS}
         self._plan = plan_for(machine)
-        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._newly_refused: list[str] = []
+        self._gateway_polls = 0
+        self._seen_codes: set[tuple[str, int, int]] = set()
 
     @property
     def plan(self) -> list[ReadRequest]:
         return self._plan
 
-    def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
-        m = self.machine
-        common: dict[str, Any] = {"timeout": m.timeout, "retries": 0, "reconnect_delay": 0}
-        if m.host is not None:
-            return AsyncModbusTcpClient(m.host, port=m.port, framer=FramerType.SOCKET, **common)
-        assert m.serial is not None
-        return AsyncModbusSerialClient(
-            m.serial,
-            framer=FramerType.RTU,
-            baudrate=m.baudrate,
-            parity=m.parity,
-            stopbits=m.stopbits,
-            bytesize=m.bytesize,
-            **common,
-        )
+    @property
+    def bus(self) -> Bus:
+        return self._bus
 
     async def __aenter__(self) -> Self:
-        self._client = self._new_client()
-        where = (self.machine.host and f"{self.machine.host}:{self.machine.port}") or self.machine.serial
-        try:
-            async with asyncio.timeout(self.machine.timeout + 1.0):
-                ok = await self._client.connect()
-        except (TimeoutError, OSError, ModbusException) as exc:
-            self._close()
-            raise ConnectionLost(self.machine.id, f"cannot connect to {where}: {exc or type(exc).__name__}") from exc
-        if not ok:
-            self._close()
-            raise ConnectionLost(self.machine.id, f"cannot connect to {where}")
+        await self._bus.open(self.machine)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _method(self, table: str) -> Callable[..., Awaitable[Any]]:
-        c = self._client
-        if c is None:
-            raise ConnectionLost(self.machine.id, "not connected")
-        return {
-            "holding": c.read_holding_registers,
-            "input": c.read_input_registers,
-            "coil": c.read_coils,
-            "discrete": c.read_discrete_inputs,
-        }[table]
-
-    async def _request(self, req: ReadRequest) -> Any:
-        try:
-            async with asyncio.timeout(self.machine.timeout + 0.5):
-                return await self._method(req.table)(req.address, count=req.count, device_id=self.machine.unit)
-        except (ConnectionException, ModbusIOException, TimeoutError, OSError) as exc:
-            raise ConnectionLost(
-                self.machine.id, f"{req.table} read at {req.address} failed: {exc or type(exc).__name__}"
-            ) from exc
+        self._bus.release()
 
     async def read(self) -> list[Sample]:
         now = time.time()
         refused = excluded(self._spans.values(), self._refused)  # known before this poll's reads
         samples = [self._bad(key, now, "the device refuses this address") for key in refused]
-        for req in list(self._plan):
-            samples += await self._read_request(req, now)
+        self._newly_refused = []
+        unreachable: str | None = None
+        try:
+            for req in list(self._plan):
+                if unreachable is not None:
+                    samples += [self._bad(key, now, unreachable) for key in req.keys]
+                    continue
+                try:
+                    out, _ = await self._read_request(req, now)
+                except _Unreachable as exc:
+                    unreachable = str(exc)
+                    out = [self._bad(key, now, unreachable) for key in req.keys]
+                samples += out
+        finally:
+            if self._newly_refused:
+                log.error(
+                    "machine %s: the device refuses the address(es) of signal(s) %s (illegal data address): "
+                    "they are bad, the others are read without them in %d request(s) per poll",
+                    self.machine.id,
+                    ", ".join(self._newly_refused),
+                    len(self._plan),
+                )
+        if unreachable is None:
+            self._gateway_polls = 0
+        else:
+            self._gateway_polls += 1
+            if self._gateway_polls >= GATEWAY_POLLS:
+                self._gateway_polls = 0
+                raise ConnectionLost(
+                    self.machine.id,
+                    f"unit {self.machine.unit} unreachable, {GATEWAY_POLLS} polls in a row: {unreachable}",
+                )
         return samples
 
-    async def _read_request(self, req: ReadRequest, now: float) -> list[Sample]:
-        rr = await self._request(req)
+    async def _read_request(self, req: ReadRequest, now: float) -> tuple[list[Sample], bool]:
+        """The request's samples, and whether the device answered every read without an exception."""
+        rr = await self._bus.request(self.machine, req.table, req.address, req.count)
+        if rr.isError() and int(rr.exception_code) in BUSY:
+            await asyncio.sleep(busy_pause(self.machine))
+            rr = await self._bus.request(self.machine, req.table, req.address, req.count)
         if not rr.isError():
-            return self._decode(req, rr, now)
+            return self._decode(req, rr, now), True
         code = int(rr.exception_code)
         if code == ILLEGAL_ADDRESS:
-            halves = split_request(req, self._spans)
-            if halves:  # find the refused addresses by bisection, keep reading the rest
-                self._stop_bridging(req)
-                out: list[Sample] = []
-                for half in halves:
-                    out += await self._read_request(half, now)
-                return out
-            self._refuse(req)
-        reason = f"Modbus exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})"
-        return [self._bad(key, now, reason) for key in req.keys]
+            return await self._bisect(req, now), False
+        reason = _exception_text(code)
+        if (req.table, req.address, code) not in self._seen_codes:
+            self._seen_codes.add((req.table, req.address, code))
+            log.warning("machine %s: %s answered %s; its signals are bad this poll", self.machine.id, req, reason)
+        if code in GATEWAY:
+            raise _Unreachable(reason)
+        return [self._bad(key, now, reason) for key in req.keys], False
 
-    def _stop_bridging(self, req: ReadRequest) -> None:
-        """A merged read was refused: never bridge its gaps again (the device may not map them)."""
-        used = {
-            a for k in req.keys for a in range(self._spans[k].address, self._spans[k].address + self._spans[k].count)
-        }
-        gaps = {(req.table, a) for a in range(req.address, req.address + req.count) if a not in used}
-        if gaps - self._refused:
-            self._refused |= gaps
-            self._plan = plan_for(self.machine, frozenset(self._refused))
+    async def _bisect(self, req: ReadRequest, now: float) -> list[Sample]:
+        """Find the addresses the device refuses in ``req`` by reading halves of it."""
+        halves = split_request(req, self._spans)
+        if not halves:  # one footprint: its addresses are the refused ones
+            self._refuse({(req.table, a) for a in range(req.address, req.address + req.count)})
+            self._newly_refused += req.keys
+            return [self._bad(key, now, _exception_text(ILLEGAL_ADDRESS)) for key in req.keys]
+        out: list[Sample] = []
+        clean = True
+        for half in halves:
+            samples, ok = await self._read_request(half, now)
+            out += samples
+            clean = clean and ok
+        if clean:  # every part was answered: the culprit is outside the halves, or the length
+            self._learn_from_clean_halves(req, halves)
+        return out
 
-    def _refuse(self, req: ReadRequest) -> None:
-        self._refused.update((req.table, a) for a in range(req.address, req.address + req.count))
-        self._plan = plan_for(self.machine, frozenset(self._refused))
-        log.error(
-            "machine %s: the device refuses %s %d..%d (illegal data address): signal(s) %s are bad, "
-            "the others are read without them",
-            self.machine.id,
-            req.table,
-            req.address,
-            req.address + req.count - 1,
-            ", ".join(req.keys),
+    def _learn_from_clean_halves(self, req: ReadRequest, halves: list[ReadRequest]) -> None:
+        covered = {a for h in halves for a in range(h.address, h.address + h.count)}
+        used = self._used.get(req.table, set())
+        gaps = {a for a in range(req.address, req.address + req.count) if a not in covered and a not in used}
+        if gaps:
+            log.info(
+                "machine %s: the device refuses unused %s addresses %d..%d; reads no longer bridge them",
+                self.machine.id,
+                req.table,
+                min(gaps),
+                max(gaps),
+            )
+            self._refuse({(req.table, a) for a in gaps})
+            return
+        kind = "bits" if req.table in _BIT_TABLES else "registers"
+        longest = max(h.count for h in halves)
+        if longest < self._limits[kind]:  # the device takes no read this long
+            self._limits[kind] = longest
+            log.warning(
+                "machine %s: the device refuses a read of %d %s but answers its halves; reads are now at most %d %s",
+                self.machine.id,
+                req.count,
+                kind,
+                longest,
+                kind,
+            )
+            self._replan()
+
+    def _refuse(self, addresses: set[tuple[RegisterTable, int]]) -> None:
+        self._refused |= addresses
+        self._replan()
+
+    def _replan(self) -> None:
+        self._plan = plan_for(
+            self.machine,
+            frozenset(self._refused),
+            max_registers=self._limits["registers"],
+            max_bits=self._limits["bits"],
         )
 
     def _decode(self, req: ReadRequest, rr: Any, now: float) -> list[Sample]:
+        bits = req.table in _BIT_TABLES
+        got = len(rr.bits) if bits else len(rr.registers)
+        if got != (-(-req.count // 8) * 8 if bits else req.count):  # pymodbus pads bits to whole bytes
+            why = f"a reply of the wrong length ({got} {'bits' if bits else 'registers'} for {req.count})"
+            return [self._bad(key, now, why) for key in req.keys]
         out = []
         for key in req.keys:
             span, signal = self._spans[key], self._signals[key]
             off = span.address - req.address
-            if req.table in ("coil", "discrete"):
+            if bits:
                 value, err = decode_signal(signal, None, bool(rr.bits[off]))
             else:
                 value, err = decode_signal(signal, rr.registers[off : off + span.count], None)

@@ -1,0 +1,206 @@
+"""Modbus connections ("buses") and the per-agent registry that lets machines share them.
+
+A :class:`Bus` is one pymodbus client: a serial port (Modbus RTU), or one TCP connection to
+``host:port`` with a framer (``socket`` for Modbus TCP, ``rtu`` for RTU-over-TCP gateways). Every
+machine whose :attr:`~agent.config.ModbusMachine.bus` is the same (several units on one RS-485
+line, or behind one gateway) uses the same :class:`Bus`, made by one :class:`Buses` registry per
+agent run: there is no module-level state.
+
+Guarantees of :class:`Bus`:
+
+* Requests go one at a time, in arrival order (one FIFO lock). After a request for machine ``m``
+  the bus stays quiet for ``m.request_gap`` before the next request of any machine; on a serial
+  line it always keeps at least the RTU inter-frame silence (3.5 characters, 1.75 ms at most).
+* Each request is bounded by the asking machine's ``timeout``. A unit that does not answer in
+  time raises :class:`NoAnswer` (a :class:`~agent.errors.ConnectionLost` for that machine only):
+  the connection stays open for the other units. Only after :data:`RESET_AFTER` requests in a row
+  without any answer, from whatever units, is the connection closed, to be reopened by the next
+  request (a half-open TCP connection, a stuck USB adapter). pymodbus's own retries, its own
+  connection closing after repeated timeouts and its automatic reconnect are all turned off.
+* A connection that broke (closed by the peer, a serial error) is reopened by the next request,
+  transparently; when it cannot be reopened, that request raises
+  :class:`~agent.errors.ConnectionLost`. So after any disconnect the connection comes back as soon
+  as the device does, without a restart.
+* :meth:`Bus.open` / :meth:`Bus.release` count the drivers using the bus; the connection is
+  closed when the last one leaves, and by :meth:`Buses.aclose`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from agent.config import ModbusMachine
+from agent.errors import ConnectionLost
+
+__all__ = ["RESET_AFTER", "Bus", "Buses", "NoAnswer"]
+
+RESET_AFTER: Final = 3
+"""Requests in a row without any answer after which the bus reopens its connection."""
+
+_CLIENT_TIMEOUT: Final = 60.0  # pymodbus's own timeout; each call is bounded by the machine's instead
+_NEVER: Final = 1 << 30  # "max no responses" before pymodbus closes the connection itself
+_READS: Final = {
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+    "coil": "read_coils",
+    "discrete": "read_discrete_inputs",
+}
+
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+
+class NoAnswer(ConnectionLost):
+    """The unit did not answer a request in time (or answered garbage); the bus itself is fine."""
+
+
+def rtu_silence(baudrate: int) -> float:
+    """The RTU inter-frame silence: 3.5 characters of 11 bits, fixed at 1.75 ms above 19200 baud."""
+    return 0.00175 if baudrate > 19200 else 3.5 * 11 / baudrate
+
+
+class Bus:
+    """One shared Modbus connection. See the module docstring for what it guarantees."""
+
+    def __init__(self, machine: ModbusMachine) -> None:
+        self.name = machine.bus
+        self._settings = machine  # the connection settings (machines on one bus agree on them)
+        self._lock = asyncio.Lock()
+        self._client: Client | None = None
+        self._users = 0
+        self._quiet_until = 0.0
+        self._silent = 0  # requests in a row without an answer
+        self._min_gap = rtu_silence(machine.baudrate) if machine.serial is not None else 0.0
+        self.connects = 0  # connections opened (for tests and metrics)
+        self.requests = 0  # requests sent
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    def _new_client(self) -> Client:
+        m = self._settings
+        common: dict[str, Any] = {"timeout": _CLIENT_TIMEOUT, "retries": 0, "reconnect_delay": 0}
+        client: Client
+        if m.serial is None:
+            assert m.host is not None
+            framer = FramerType.RTU if m.framer == "rtu" else FramerType.SOCKET
+            client = AsyncModbusTcpClient(m.host, port=m.port, framer=framer, **common)
+        else:
+            client = AsyncModbusSerialClient(
+                m.serial,
+                framer=FramerType.RTU,
+                baudrate=m.baudrate,
+                parity=m.parity,
+                stopbits=m.stopbits,
+                bytesize=m.bytesize,
+                **common,
+            )
+        client.set_max_no_responses(_NEVER)
+        return client
+
+    async def _connected(self, machine: ModbusMachine) -> Client:
+        """The open client, (re)connecting first if needed. Call with the lock held."""
+        if self._client is not None and self._client.connected:
+            return self._client
+        self._drop()
+        client = self._new_client()
+        try:
+            async with asyncio.timeout(machine.timeout):
+                ok = await client.connect()
+        except (TimeoutError, OSError, ModbusException) as exc:
+            client.close()
+            raise ConnectionLost(machine.id, f"cannot connect to {self.name}: {exc or type(exc).__name__}") from exc
+        if not ok:
+            client.close()
+            raise ConnectionLost(machine.id, f"cannot connect to {self.name}")
+        self._client = client
+        self._silent = 0
+        self.connects += 1
+        return client
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def open(self, machine: ModbusMachine) -> None:
+        """Join the bus, connecting it if needed. Raises ConnectionLost (and does not join) on failure."""
+        self._users += 1
+        try:
+            async with self._lock:
+                await self._connected(machine)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Leave the bus; the last one to leave closes the connection."""
+        self._users -= 1
+        if self._users <= 0:
+            self._users = 0
+            self._drop()
+
+    async def request(self, machine: ModbusMachine, table: str, address: int, count: int) -> Any:
+        """One read for ``machine``'s unit: the pymodbus response (an exception reply included).
+
+        Raises :class:`NoAnswer` when the unit does not answer within ``machine.timeout``, and
+        :class:`~agent.errors.ConnectionLost` when the connection is down and cannot be reopened.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            client = await self._connected(machine)
+            pause = self._quiet_until - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            read = getattr(client, _READS[table])
+            where = f"{table} {address}..{address + count - 1}"
+            self.requests += 1
+            try:
+                async with asyncio.timeout(machine.timeout):
+                    rr = await read(address, count=count, device_id=machine.unit)
+            except (TimeoutError, ModbusIOException) as exc:
+                self._silent += 1
+                if self._silent >= RESET_AFTER:  # nobody answers: reopen the connection next time
+                    self._drop()
+                what = "no answer" if isinstance(exc, TimeoutError) else f"no valid answer ({exc})"
+                raise NoAnswer(
+                    machine.id, f"unit {machine.unit} on {self.name}: {what} to {where} within {machine.timeout:g}s"
+                ) from exc
+            except (ConnectionException, OSError) as exc:
+                self._drop()
+                raise ConnectionLost(
+                    machine.id, f"{self.name}: connection lost reading {where}: {exc or type(exc).__name__}"
+                ) from exc
+            finally:
+                self._quiet_until = loop.time() + max(machine.request_gap, self._min_gap)
+            self._silent = 0
+            return rr
+
+    def close(self) -> None:
+        self._drop()
+
+
+class Buses:
+    """The buses of one agent run, by :attr:`~agent.config.ModbusMachine.bus`. Close with :meth:`aclose`."""
+
+    def __init__(self) -> None:
+        self._buses: dict[str, Bus] = {}
+
+    def get(self, machine: ModbusMachine) -> Bus:
+        bus = self._buses.get(machine.bus)
+        if bus is None:
+            bus = self._buses[machine.bus] = Bus(machine)
+        return bus
+
+    def __len__(self) -> int:
+        return len(self._buses)
+
+    async def aclose(self) -> None:
+        for bus in self._buses.values():
+            bus.close()
+        self._buses.clear()
