@@ -12,7 +12,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.config import Config, ModbusMachine, ThresholdRule, load_config
+from agent.config import (
+    CodeRule,
+    Config,
+    ForecastRule,
+    ModbusMachine,
+    StaleRule,
+    ThresholdRule,
+    ToolLifeRule,
+    load_config,
+)
 from agent.errors import ConfigError
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
@@ -60,6 +69,16 @@ def summary(cfg: Config) -> str:
     for r in cfg.rules:
         if isinstance(r, ThresholdRule):
             detail = f"warning {r.warning} critical {r.critical} deadband {r.deadband}"
+        elif isinstance(r, CodeRule):
+            detail = f"severity {r.severity}, normal {r.normal}, {len(r.codes)} code(s) in the table"
+        elif isinstance(r, ToolLifeRule):
+            warn = f", warning {r.warning_remaining:g} before" if r.warning_remaining is not None else ""
+            detail = f"counting {r.direction} to {r.end:g}{warn}"
+        elif isinstance(r, ForecastRule):
+            detail = f"{r.severity} when the trend of {r.window:g}s reaches {r.limit:g} within {r.horizon:g}s"
+        elif isinstance(r, StaleRule):
+            gate = f" while {r.only_while} is on" if r.only_while else ""
+            detail = f"{r.severity} when unchanged for {r.after:g}s{gate}"
         else:
             detail = f"severity {r.severity}"
         lines.append(f"rule {r.id}: {r.kind} on {r.machine}/{r.signal}, {detail}")

@@ -47,8 +47,24 @@ SignalType = Literal[
 ]
 ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 
-# The fields a rule's `message` template may use (agent.rules fills them in).
-TEMPLATE_FIELDS = frozenset({"machine", "signal", "rule", "value", "threshold", "unit", "severity", "action"})
+# The fields every rule's `message` template may use (agent.rules fills them in) ...
+TEMPLATE_FIELDS = frozenset(
+    {"machine", "signal", "name", "rule", "value", "threshold", "unit", "severity", "action", "note"}
+)
+# ... and each kind's own fields.
+KIND_TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
+    "threshold": frozenset(),
+    "fault": frozenset(),
+    "code": frozenset({"code", "code_text"}),
+    "tool_life": frozenset({"remaining", "limit"}),
+    "forecast": frozenset({"limit", "eta", "seconds_to_limit", "trend"}),
+    "stale": frozenset({"unchanged_for", "after"}),
+}
+
+
+def template_fields_for(kind: str) -> frozenset[str]:
+    """The fields a ``message`` template of a rule of this kind may use."""
+    return TEMPLATE_FIELDS | KIND_TEMPLATE_FIELDS[kind]
 
 
 class KeyProblem(ValueError):
@@ -165,10 +181,15 @@ class _RuleBase(_Strict):
     machine: Id
     signal: Id
     severity: SeverityName = "warning"
-    message: str | None = None  # template: {machine} {signal} {value} {threshold} {unit} {severity} {rule}
+    name: str | None = Field(default=None, min_length=1)  # what is watched, in words ("tool 1"); default: signal
+    message: str | None = None  # template: {machine} {signal} {value} {threshold} {unit} ... (KIND_TEMPLATE_FIELDS)
     on_delay: Duration = 0.0
     off_delay: Duration = 0.0
     repeat_every: Duration | None = Field(default=None, gt=0)
+    # Chattering (ISA-18.2: 3 or more alarms in 1 minute): the chatter_count-th raise within
+    # chatter_window holds the alert active until its condition stayed normal for chatter_window.
+    chatter_count: int = Field(default=3, ge=0)  # 0 turns it off
+    chatter_window: Duration = Field(default=60.0, gt=0)
 
     @field_validator("message")
     @classmethod
@@ -176,14 +197,28 @@ class _RuleBase(_Strict):
         if template is None:
             return None
         try:
-            parts = list(string.Formatter().parse(template))
+            list(string.Formatter().parse(template))
         except ValueError as exc:  # a lone "{" or "}"
             raise ValueError(f"not a valid template: {exc} (write {{{{ and }}}} for literal braces)") from None
-        allowed = ", ".join("{" + f + "}" for f in sorted(TEMPLATE_FIELDS))
-        for _, name, _, _ in parts:
-            if name is not None and name not in TEMPLATE_FIELDS:
-                raise ValueError(f"unknown template field {{{name}}}; use {allowed}")
         return template
+
+    @field_validator("chatter_count")
+    @classmethod
+    def _check_chatter_count(cls, count: int) -> int:
+        if count == 1:
+            raise ValueError("must be 0 (off) or at least 2: one raise is not chattering")
+        return count
+
+    @model_validator(mode="after")
+    def _check_template(self) -> _RuleBase:
+        if self.message is None:
+            return self
+        known = template_fields_for(str(getattr(self, "kind", "fault")))
+        allowed = ", ".join("{" + f + "}" for f in sorted(known))
+        for _, name, _, _ in string.Formatter().parse(self.message):
+            if name is not None and name not in known:
+                raise KeyProblem("message", f"unknown template field {{{name}}}; use {allowed}")
+        return self
 
 
 class ThresholdRule(_RuleBase):
@@ -210,7 +245,95 @@ class FaultRule(_RuleBase):
     severity: SeverityName = "critical"
 
 
-Rule = Annotated[ThresholdRule | FaultRule, Field(discriminator="kind")]
+class CodeEntry(_Strict):
+    message: str = Field(min_length=1)  # what the code means, and what to do
+    severity: SeverityName | None = None  # default: the rule's severity
+
+
+class CodeRule(_RuleBase):
+    """A fault-code register: codes in ``normal`` mean no fault; every other code alerts."""
+
+    kind: Literal["code"]
+    normal: list[int] = Field(default=[0], min_length=1)
+    codes: dict[int, CodeEntry] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> CodeRule:
+        both = sorted(set(self.normal) & set(self.codes))
+        if both:
+            raise KeyProblem("codes", f"code {both[0]} is also in `normal`; a code is either a fault or normal")
+        return self
+
+
+class ToolLifeRule(_RuleBase):
+    """A tool-life counter: counting up to ``limit`` (or down to it, ``direction = "down"``)."""
+
+    kind: Literal["tool_life"]
+    limit: float | None = None  # required counting up; counting down the default is 0
+    warning_remaining: float | None = Field(default=None, ge=0)
+    direction: Literal["up", "down"] = "up"
+
+    @model_validator(mode="after")
+    def _check(self) -> ToolLifeRule:
+        if self.limit is None and self.direction == "up":
+            raise KeyProblem("limit", "a tool_life rule counting up needs `limit` (the tool's life in counter units)")
+        for key in ("limit", "warning_remaining"):
+            v = getattr(self, key)
+            if v is not None and not math.isfinite(v):
+                raise KeyProblem(key, f"`{key}` must be a finite number")
+        return self
+
+    @property
+    def end(self) -> float:
+        """The counter value at which the tool's life is used up."""
+        return 0.0 if self.limit is None else self.limit
+
+
+class ForecastRule(_RuleBase):
+    """Warns when the least-squares trend of the last ``window`` reaches ``limit`` within ``horizon``."""
+
+    kind: Literal["forecast"]
+    limit: float
+    horizon: Duration = Field(gt=0)
+    window: Duration = Field(default=600.0, gt=0)
+    min_points: int = Field(default=10, ge=3)  # fewer points in the window: no forecast
+    min_r2: float = Field(default=0.7, ge=0, le=1)  # the fit must explain this much of the variance to raise
+    change_drop: float | None = Field(default=None, gt=0)  # a fall this big is a tool change; default limit/10
+
+    @model_validator(mode="after")
+    def _check(self) -> ForecastRule:
+        for key in ("limit", "change_drop"):
+            v = getattr(self, key)
+            if v is not None and not math.isfinite(v):
+                raise KeyProblem(key, f"`{key}` must be a finite number")
+        return self
+
+    @property
+    def drop(self) -> float:
+        """A fall of the signal by more than this is a tool change: the history starts again."""
+        return self.change_drop if self.change_drop is not None else max(abs(self.limit) / 10, 1e-9)
+
+
+class StaleRule(_RuleBase):
+    """A signal that should change but has not for ``after`` (a frozen counter, a dead sensor)."""
+
+    kind: Literal["stale"]
+    after: Duration = Field(gt=0)
+    tolerance: float = Field(default=0.0, ge=0)  # changes this small or smaller do not count
+    only_while: Id | None = None  # a signal of the same machine: staleness counts only while it is true
+
+
+Rule = Annotated[
+    ThresholdRule | FaultRule | CodeRule | ToolLifeRule | ForecastRule | StaleRule, Field(discriminator="kind")
+]
+RULE_KINDS = ("threshold", "fault", "code", "tool_life", "forecast", "stale")
+
+
+class AlertsSection(_Strict):
+    """Flood handling (EEMUA 191: more than 10 alarms in 10 minutes per operator is a flood)."""
+
+    flood_count: int = Field(default=10, ge=0)  # raises per machine in flood_window; 0 turns it off
+    flood_window: Duration = Field(default=600.0, gt=0)
 
 
 class StatusSection(_Strict):
@@ -246,6 +369,7 @@ class Config(_Strict):
     agent: AgentSection = AgentSection()
     machines: list[Machine] = Field(min_length=1)
     rules: list[Rule] = []
+    alerts: AlertsSection = AlertsSection()
     status: StatusSection = StatusSection()
     outbox: OutboxSection = OutboxSection()
     sinks: list[Sink] = []
@@ -272,7 +396,7 @@ def _key_path(loc: tuple[int | str, ...], tags: frozenset[str]) -> str:
     return out or "(top level)"
 
 
-_TAGS = frozenset({"modbus", "opcua", "threshold", "fault", "http"})
+_TAGS = frozenset({"modbus", "opcua", "threshold", "fault", "code", "tool_life", "forecast", "stale", "http"})
 
 
 def _describe(err: Any) -> str:
@@ -320,6 +444,10 @@ def _modbus_bus_checks(cfg: Config) -> list[tuple[str, str]]:
     return errors
 
 
+RESERVED_RULE_IDS = frozenset({"offline", "flood"})  # the agent's own alerts: "<machine>/offline", "<machine>/flood"
+_NUMERIC = frozenset({"threshold", "tool_life", "forecast"})
+
+
 def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
 
@@ -343,10 +471,18 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
             errors.append((f"rules[{ri}].machine", f"no machine with id {r.machine!r}"))
             continue
         signal = next((s for s in target.signals if s.id == r.signal), None)
+        if r.id in RESERVED_RULE_IDS:
+            errors.append((f"rules[{ri}].id", f"{r.id!r} is the id of the agent's own {r.id} alert; choose another"))
         if signal is None:
             errors.append((f"rules[{ri}].signal", f"machine {target.id!r} has no signal {r.signal!r}"))
-        elif r.kind == "threshold" and isinstance(signal, ModbusSignal) and signal.type in ("bool", "bit", "string"):
-            errors.append((f"rules[{ri}].signal", f"a threshold needs a numeric signal; {r.signal!r} is {signal.type}"))
+        elif isinstance(signal, ModbusSignal) and signal.type in ("bool", "bit", "string") and r.kind in _NUMERIC:
+            need = f"a {r.kind} rule needs a numeric signal"
+            errors.append((f"rules[{ri}].signal", f"{need}; {r.signal!r} is {signal.type}"))
+        elif isinstance(signal, ModbusSignal) and signal.type in ("bool", "bit") and r.kind == "code":
+            errors.append((f"rules[{ri}].signal", f"a code rule needs a number; {r.signal!r} is {signal.type}"))
+        gate = r.only_while if isinstance(r, StaleRule) else None
+        if gate is not None and not any(s.id == gate for s in target.signals):
+            errors.append((f"rules[{ri}].only_while", f"machine {target.id!r} has no signal {gate!r}"))
     return errors
 
 

@@ -25,7 +25,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from agent.alerts import AlertLog, Observer, rfc3339
-from agent.config import Config, ModbusMachine, OpcuaMachine, Rule, load_config
+from agent.config import AlertsSection, Config, ModbusMachine, OpcuaMachine, Rule, StaleRule, load_config
 from agent.config import HttpSink as HttpSinkConfig
 from agent.delivery import Delivery
 from agent.errors import AndonError, ConfigError, ConnectionLost, OutboxError
@@ -33,7 +33,8 @@ from agent.logs import Trouble
 from agent.model import Sample, Severity, Transition, TransitionKind
 from agent.notify import Notifier
 from agent.outbox import AsyncOutbox, Outbox
-from agent.rules import RuleState, evaluate
+from agent.rules import RuleState, evaluate, tick
+from agent.rules.flood import FLOOD, FloodState, admit, flood_tick, forgotten
 from agent.sinks.http import HttpSink, make_client, read_token
 from agent.status import StatusServer
 from drivers.base import Driver, Drivers, PushDriver
@@ -92,6 +93,7 @@ class MachineRunner:
         *,
         clock: Clock,
         driver_factory: Callable[[Machine], Driver],
+        flood: AlertsSection | None = None,
     ) -> None:
         self.machine = machine
         self.rules = list(rules)
@@ -102,6 +104,13 @@ class MachineRunner:
         self._by_signal: dict[str, list[Rule]] = {}
         for r in self.rules:
             self._by_signal.setdefault(r.signal, []).append(r)
+            if isinstance(r, StaleRule) and r.only_while is not None and r.only_while != r.signal:
+                self._by_signal.setdefault(r.only_while, []).append(r)
+        self._flood_cfg = flood or AlertsSection()
+        self._flood = FloodState()
+        self._rules_lock = asyncio.Lock()  # the poll and the rule tick take turns with states and commits
+        self._last: dict[str, Sample] = {}  # the last good sample per signal, judged again on each tick
+        self._fresh: set[str] = set()  # signals a poll evaluated since the last tick
         self.states: dict[str, RuleState] = {}
         for r in self.rules:
             a = alerts.active.get(f"{machine.id}/{r.id}")
@@ -127,6 +136,7 @@ class MachineRunner:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._supervise(), name=f"poll:{self.machine.id}")
             tg.create_task(self._watch(), name=f"offline:{self.machine.id}")
+            tg.create_task(self._tick_rules(), name=f"rules:{self.machine.id}")
 
     # -- connection supervision ---------------------------------------------------------------
 
@@ -200,21 +210,65 @@ class MachineRunner:
             self._recovered.set()
             if self.status.offline:
                 await self._set_offline(False)
+        async with self._rules_lock:
+            await self._evaluate(good, now, ticked=False)
+        return bool(good)
+
+    async def _evaluate(self, samples: Sequence[Sample], now: float, *, ticked: bool) -> None:
+        """Judge good samples (fresh ones, or on a tick the last ones again); commit what the flood gate passes."""
         new_states = dict(self.states)
         transitions: list[Transition] = []
-        for sample in good:
+        for sample in samples:
+            self._last[sample.signal] = sample
             for rule in self._by_signal.get(sample.signal, ()):
-                new_states[rule.id], ts = evaluate(rule, new_states[rule.id], sample, now, self._units[sample.signal])
+                unit = self._units.get(rule.signal, "")
+                if ticked:
+                    new_states[rule.id], ts = tick(rule, new_states[rule.id], sample, now, self._clock.wall(), unit)
+                else:
+                    new_states[rule.id], ts = evaluate(rule, new_states[rule.id], sample, now, unit)
                 transitions += ts
-        if transitions:
+        if not ticked:
+            self._fresh.update(s.signal for s in samples)
+        flood, out = admit(self._flood_cfg, self.machine.id, self._flood, transitions, now)
+        if ticked:
+            upstream = {key: a.severity for key, a in self._alerts.active.items()}
+            flood, more = flood_tick(self._flood_cfg, self.machine.id, flood, now, self._clock.wall(), upstream)
+            out += more
+        if out:
             try:
-                await self._alerts.commit(transitions)
-            except OutboxError as exc:  # keep the old states: the same transitions come again next poll
+                await self._alerts.commit(out)
+            except OutboxError as exc:  # keep the old states: the same transitions come again
                 self._commit.fail(exc, "alerts are held back until the outbox accepts them")
-                return bool(good)
+                return
             self._commit.ok()
         self.states = new_states
-        return bool(good)
+        self._flood = flood
+
+    async def _tick_rules(self) -> None:
+        """Every poll_interval, judge again the last good value of each signal no poll brought since.
+
+        Off-delays, repeats, staleness and forecasts depend on time passing, and a subscription
+        delivers a value only when it changes. Not while the machine is offline or a signal reads
+        bad (its value is then unknown); the flood gate's clock runs always.
+        """
+        key = f"{self.machine.id}/{FLOOD}"
+        if key in self._alerts.active:  # a flood from before a restart or reload: its tracking starts afresh
+            with contextlib.suppress(OutboxError):
+                await self._alerts.commit(
+                    [forgotten(self.machine.id, self._alerts.active[key].severity, self._clock.wall())]
+                )
+        while True:
+            await asyncio.sleep(self.machine.poll_interval)
+            try:
+                async with self._rules_lock:
+                    skip = self._fresh | set(self.status.bad_signals)
+                    due = [s for sig, s in self._last.items() if sig not in skip]
+                    if self.status.offline or not self.status.connected:
+                        due = []
+                    self._fresh.clear()
+                    await self._evaluate(due, self._clock.monotonic(), ticked=True)
+            except Exception:  # a bug must not stop the machine's polling: show it, keep ticking
+                log.exception("machine %s: evaluating the rules on the clock tick failed", self.machine.id)
 
     # -- offline ------------------------------------------------------------------------------
 
@@ -412,6 +466,7 @@ class Agent:
             self.alerts,
             clock=self.clock,
             driver_factory=self._driver_factory,
+            flood=self.cfg.alerts,
         )
         self._machines[machine.id] = (runner, self._tg.create_task(runner.run(), name=f"machine:{machine.id}"))
 

@@ -90,7 +90,8 @@ def test_check_example_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> No
     # rules and sinks
     assert "rule tool1-wear: threshold on press-1/tool1_wear, warning 80.0 critical 95.0 deadband 1.0" in lines
     assert "rule spindle-fault: fault on press-1/spindle_fault, severity critical" in lines
-    assert sum(line.startswith("rule ") for line in lines) == 7
+    assert "rule tool3-life: tool_life on press-1/strokes, counting up to 50000, warning 5000 before" in lines
+    assert sum(line.startswith("rule ") for line in lines) == 11
     assert "sink upstream: http POST https://service.example.com/andon/alerts, token from $ANDON_TOKEN" in lines
 
 

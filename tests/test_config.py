@@ -10,18 +10,25 @@ import pytest
 from pydantic import BaseModel
 
 from agent.config import (
+    KIND_TEMPLATE_FIELDS,
     TEMPLATE_FIELDS,
     AgentSection,
+    AlertsSection,
+    CodeEntry,
+    CodeRule,
     Config,
     FaultRule,
+    ForecastRule,
     HttpSink,
     ModbusMachine,
     ModbusSignal,
     OpcuaMachine,
     OpcuaSignal,
     OutboxSection,
+    StaleRule,
     StatusSection,
     ThresholdRule,
+    ToolLifeRule,
     load_config,
     parse_config,
     parse_duration,
@@ -89,7 +96,22 @@ def test_example_loads() -> None:
     assert isinstance(fault_rule, FaultRule)
     assert (fault_rule.severity, fault_rule.repeat_every) == ("critical", 900.0)
     assert isinstance(rules["mill-alarm"], FaultRule) and rules["mill-alarm"].severity == "critical"
-    assert {r.kind for r in cfg.rules} == {"threshold", "fault"}
+    assert {r.kind for r in cfg.rules} == {"threshold", "fault", "code", "tool_life", "forecast", "stale"}
+    code = rules["mill-fault-code"]
+    assert isinstance(code, CodeRule)
+    assert (code.normal, code.severity, code.chatter_count, code.chatter_window) == ([0], "warning", 3, 60.0)
+    assert code.codes[12].severity == "critical" and code.codes[31].severity is None
+    life = rules["tool3-life"]
+    assert isinstance(life, ToolLifeRule)
+    assert (life.limit, life.warning_remaining, life.direction, life.name) == (50000, 5000, "up", "punch 3")
+    due = rules["tool1-due"]
+    assert isinstance(due, ForecastRule)
+    assert (due.limit, due.horizon, due.window, due.min_points, due.min_r2) == (95.0, 1800.0, 600.0, 10, 0.7)
+    assert due.change_drop is None and due.drop == pytest.approx(9.5)
+    stale = rules["stroke-counter-frozen"]
+    assert isinstance(stale, StaleRule)
+    assert (stale.after, stale.tolerance, stale.only_while) == (300.0, 0.0, None)
+    assert (cfg.alerts.flood_count, cfg.alerts.flood_window) == (10, 600.0)
 
     assert cfg.status.listen == "127.0.0.1:9108"
     assert (cfg.outbox.max_events, cfg.outbox.batch_size) == (100_000, 500)
@@ -109,6 +131,12 @@ _MODELS: list[type[BaseModel]] = [
     OpcuaSignal,
     ThresholdRule,
     FaultRule,
+    CodeRule,
+    CodeEntry,
+    ToolLifeRule,
+    ForecastRule,
+    StaleRule,
+    AlertsSection,
     StatusSection,
     OutboxSection,
     HttpSink,
@@ -124,10 +152,10 @@ def test_example_documents_every_key(key: str) -> None:
     assert re.search(pattern, text, re.MULTILINE), f"example.toml does not mention `{key}`"
 
 
-def test_example_has_no_unsupported_rule_kinds() -> None:
+def test_example_shows_every_rule_kind() -> None:
     text = EXAMPLE.read_text()
-    for kind in ("code", "tool_life", "forecast"):
-        assert f'kind = "{kind}"' not in text
+    for kind in ("threshold", "fault", "code", "tool_life", "forecast", "stale"):
+        assert f'kind = "{kind}"' in text
 
 
 def test_demo_loads() -> None:
@@ -177,6 +205,8 @@ def test_defaults_are_the_documented_ones() -> None:
     fault, threshold = cfg.rules
     assert (fault.severity, threshold.severity) == ("critical", "warning")
     assert (fault.on_delay, fault.off_delay, fault.repeat_every, fault.message) == (0.0, 0.0, None, None)
+    assert (fault.name, fault.chatter_count, fault.chatter_window) == (None, 3, 60.0)
+    assert (cfg.alerts.flood_count, cfg.alerts.flood_window) == (10, 600.0)
     assert cfg.status.listen == "127.0.0.1:9108"
     assert (cfg.outbox.max_events, cfg.outbox.batch_size) == (100_000, 500)
     assert (cfg.sinks[0].timeout, cfg.sinks[0].retry_max, cfg.sinks[0].token_env) == (10.0, 60.0, None)
@@ -371,8 +401,8 @@ BAD = [
     Bad(
         "unknown rule kind",
         "rules[0].kind",
-        "unknown value 'tool_life'.*'threshold', 'fault'",
-        replace=(('kind = "threshold"', 'kind = "tool_life"'),),
+        "unknown value 'gauge'.*'threshold', 'fault', 'code', 'tool_life', 'forecast', 'stale'",
+        replace=(('kind = "threshold"', 'kind = "gauge"'),),
     ),
     Bad("unknown sink kind", "sinks[0].kind", "unknown value 'mqtt'", replace=(('kind = "http"', 'kind = "mqtt"'),)),
     Bad(
@@ -543,6 +573,54 @@ def test_templates_with_known_fields_load(template: str) -> None:
 def test_template_fields_cover_what_rules_fill_in() -> None:
     from agent.rules import DEFAULT_MESSAGES, template_fields
 
-    used = {f for texts in DEFAULT_MESSAGES.values() for t in texts.values() for f in template_fields(t)}
-    assert used <= TEMPLATE_FIELDS
-    assert {"machine", "signal", "rule", "value", "threshold", "unit", "severity", "action"} == TEMPLATE_FIELDS
+    for kind, texts in DEFAULT_MESSAGES.items():
+        used = {f for t in texts.values() for f in template_fields(t)}
+        assert used <= TEMPLATE_FIELDS | KIND_TEMPLATE_FIELDS[kind], kind
+    assert set(DEFAULT_MESSAGES) == set(KIND_TEMPLATE_FIELDS)
+    common = {"machine", "signal", "name", "rule", "value", "threshold", "unit", "severity", "action", "note"}
+    assert common == TEMPLATE_FIELDS
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        ({"kind": "fault", "message": "{code}"}, r"unknown template field \{code\}"),
+        ({"kind": "code", "message": "{remaining}"}, r"unknown template field \{remaining\}; use .*\{code_text\}"),
+        ({"kind": "tool_life"}, "needs `limit`"),
+        ({"kind": "tool_life", "limit": 10, "warning_remaining": -1}, "greater than or equal to 0"),
+        ({"kind": "forecast", "limit": 95}, "required key is missing"),
+        ({"kind": "forecast", "limit": 95, "horizon": "10m", "min_r2": 1.5}, "less than or equal to 1"),
+        ({"kind": "stale"}, "required key is missing"),
+        ({"kind": "stale", "after": "1m", "only_while": "nope"}, "machine 'm' has no signal 'nope'"),
+        ({"kind": "code", "normal": [0, 7], "codes": {"7": {"message": "x"}}}, "code 7 is also in `normal`"),
+        ({"kind": "fault", "chatter_count": 1}, "must be 0 \\(off\\) or at least 2"),
+        ({"kind": "fault", "id": "flood"}, "'flood' is the id of the agent's own flood alert"),
+        ({"kind": "tool_life", "limit": 5, "signal": "b"}, "a tool_life rule needs a numeric signal"),
+    ],
+)
+def test_rule_kinds_are_checked_at_load_time(rule: dict[str, object], problem: str) -> None:
+    doc = {"id": "r", "machine": "m", "signal": "s", **rule}
+    signals = [{"id": "s", "address": 0}, {"id": "b", "address": 1, "type": "bit", "bit": 0}]
+    with pytest.raises(ConfigError, match=problem):
+        parse_config({"machines": [{"id": "m", "protocol": "modbus", "host": "h", "signals": signals}], "rules": [doc]})
+
+
+def test_new_rule_kinds_load_with_their_defaults() -> None:
+    cfg = parse_config(
+        {
+            "machines": [{"id": "m", "protocol": "modbus", "host": "h", "signals": [{"id": "s", "address": 0}]}],
+            "rules": [
+                {"id": "c", "machine": "m", "signal": "s", "kind": "code", "codes": {"12": {"message": "hot"}}},
+                {"id": "d", "machine": "m", "signal": "s", "kind": "tool_life", "direction": "down"},
+                {"id": "f", "machine": "m", "signal": "s", "kind": "forecast", "limit": 95, "horizon": "30m"},
+                {"id": "s", "machine": "m", "signal": "s", "kind": "stale", "after": "5m", "message": "{after}"},
+            ],
+        }
+    )
+    code, life, forecast, stale = cfg.rules
+    assert isinstance(code, CodeRule) and code.normal == [0] and code.codes[12] == CodeEntry(message="hot")
+    assert isinstance(life, ToolLifeRule) and (life.limit, life.end, life.warning_remaining) == (None, 0.0, None)
+    assert isinstance(forecast, ForecastRule)
+    assert (forecast.window, forecast.min_points, forecast.min_r2, forecast.change_drop) == (600.0, 10, 0.7, None)
+    assert isinstance(stale, StaleRule) and (stale.tolerance, stale.only_while) == (0.0, None)
+    assert AlertsSection() == cfg.alerts

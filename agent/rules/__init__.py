@@ -2,8 +2,13 @@
 
 No I/O and no clock reads in here: ``now`` is a monotonic time in seconds passed in by the caller,
 the sample carries its own wall-clock time. Every rule kind only says what it thinks of one value
-(:func:`condition`); the shared alarm lifecycle (:func:`evaluate`) adds on-delay, off-delay and
-repeat, as ISA-18.2 and OPC UA Part 9 describe them. Bad-quality samples change nothing.
+(:func:`agent.rules.kinds.observe`, keeping its own bounded, immutable memory where it needs
+history); the shared alarm lifecycle (:func:`evaluate`) adds on-delay, off-delay, repeat and
+chattering, as ISA-18.2 and OPC UA Part 9 describe them. Bad-quality samples change nothing.
+
+Time-based behaviour (off-delay expiry, repeat, staleness, forecasts) must not wait for a new value
+(OPC UA subscriptions only deliver changes): the caller re-evaluates the last good sample on a
+clock tick with :func:`tick`. Flood handling across a machine's rules is :mod:`agent.rules.flood`.
 """
 
 from __future__ import annotations
@@ -12,22 +17,59 @@ import string
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.config import FaultRule, Rule, ThresholdRule
-from agent.model import Sample, Severity, Transition, TransitionKind, Value
+from agent.config import Rule
+from agent.model import Sample, Severity, Transition, TransitionKind
+from agent.rules.kinds import Condition, human_duration, observe
 
+__all__ = [
+    "DEFAULT_MESSAGES",
+    "Condition",
+    "RuleState",
+    "evaluate",
+    "render_message",
+    "template_fields",
+    "tick",
+]
+
+R, U, C = TransitionKind.RAISED, TransitionKind.UPDATED, TransitionKind.CLEARED
+
+# The built-in texts per kind. {name} is the rule's `name` ("tool 1"), by default the signal id;
+# {action} says what to do (per kind and severity); {note} is the chattering note or "".
 DEFAULT_MESSAGES: dict[str, dict[TransitionKind, str]] = {
     "threshold": {
-        TransitionKind.RAISED: "{signal} on {machine} is {value}{unit}, at or over the {severity} "
-        "limit {threshold}{unit}: {action}",
-        TransitionKind.UPDATED: "{signal} on {machine} is {value}{unit}, now {severity} "
-        "(limit {threshold}{unit}): {action}",
-        TransitionKind.CLEARED: "{signal} on {machine} is back to {value}{unit}, under the limit {threshold}{unit}",
+        R: "{name} on {machine} is {value}{unit}, at or over the {severity} limit {threshold}{unit}: {action}{note}",
+        U: "{name} on {machine} is {value}{unit}, now {severity} (limit {threshold}{unit}): {action}{note}",
+        C: "{name} on {machine} is back to {value}{unit}, under the limit {threshold}{unit}",
     },
     "fault": {
-        TransitionKind.RAISED: "{signal} on {machine} has tripped ({severity}): check the machine and reset the fault",
-        TransitionKind.UPDATED: "{signal} on {machine} is still tripped ({severity}): check the machine "
-        "and reset the fault",
-        TransitionKind.CLEARED: "{signal} on {machine} has been reset",
+        R: "{name} on {machine} has tripped ({severity}): {action}{note}",
+        U: "{name} on {machine} is still tripped ({severity}): {action}{note}",
+        C: "{name} on {machine} has been reset",
+    },
+    "code": {
+        R: "{machine} reports fault {code} on {name}: {code_text} ({severity}): {action}{note}",
+        U: "{machine} now reports fault {code} on {name}: {code_text} ({severity}): {action}{note}",
+        C: "{machine} reports no fault any more on {name} (code {code})",
+    },
+    "tool_life": {
+        R: "{name} on {machine} has {remaining}{unit} of tool life left (counter {value}{unit}, life ends at "
+        "{limit}{unit}): {action}{note}",
+        U: "{name} on {machine} has {remaining}{unit} of tool life left (counter {value}{unit}, life ends at "
+        "{limit}{unit}): {action}{note}",
+        C: "{name} on {machine} has a new tool: counter at {value}{unit}, {remaining}{unit} of life left",
+    },
+    "forecast": {
+        R: "{name} on {machine} reaches {limit}{unit} in {eta} (now {value}{unit}, rising {trend}{unit}/min): "
+        "{action}{note}",
+        U: "{name} on {machine} reaches {limit}{unit} in {eta} (now {value}{unit}, rising {trend}{unit}/min): "
+        "{action}{note}",
+        C: "{name} on {machine} no longer reaches {limit}{unit} within the forecast horizon (now {value}{unit})",
+    },
+    "stale": {
+        R: "{name} on {machine} has not changed for {unchanged_for} (stuck at {value}{unit}) although it "
+        "should: {action}{note}",
+        U: "{name} on {machine} has not changed for {unchanged_for} (stuck at {value}{unit}): {action}{note}",
+        C: "{name} on {machine} is no longer stuck (now {value}{unit})",
     },
 }
 
@@ -36,52 +78,51 @@ _ACTIONS = {
     Severity.WARNING: "plan service at the next stop",
     Severity.CRITICAL: "act now",
 }
+_KIND_ACTIONS: dict[str, dict[Severity, str]] = {
+    "fault": {
+        Severity.WARNING: "check the machine and reset the fault",
+        Severity.CRITICAL: "check the machine now, then reset the fault",
+    },
+    "code": {
+        Severity.WARNING: "check the machine and reset the fault",
+        Severity.CRITICAL: "check the machine now, then reset the fault",
+    },
+    "tool_life": {
+        Severity.WARNING: "have a new tool ready and change it at the next stop",
+        Severity.CRITICAL: "change the tool now",
+    },
+    "forecast": {
+        Severity.WARNING: "plan the tool change before then",
+        Severity.CRITICAL: "change the tool before then",
+    },
+    "stale": {
+        Severity.WARNING: "check the sensor, its wiring and the PLC program",
+        Severity.CRITICAL: "check the sensor, its wiring and the PLC program now",
+    },
+}
+
+
+def _action(kind: str, severity: Severity) -> str:
+    return _KIND_ACTIONS.get(kind, {}).get(severity, _ACTIONS[severity])
 
 
 @dataclass(frozen=True, slots=True)
 class RuleState:
-    """What a rule remembers between samples. Only ``active`` survives a restart."""
+    """What a rule remembers between samples. Only ``active`` and ``threshold`` survive a restart.
+
+    Immutable and bounded: ``raises`` holds at most ``chatter_count`` times, ``memo`` is the
+    kind's own bounded memory (a forecast's history, a stale rule's last change).
+    """
 
     active: Severity | None = None
     threshold: float | None = None  # the limit of the active severity
     pending_since: float | None = None  # condition true, waiting for on_delay
     normal_since: float | None = None  # condition gone while active, waiting for off_delay
     last_sent: float | None = None  # when the last event of this alert was emitted (for repeat_every)
-
-
-@dataclass(frozen=True, slots=True)
-class Condition:
-    """One rule kind's verdict on one value: the severity it asks for (None = normal)."""
-
-    severity: Severity | None
-    threshold: float | None = None
-
-
-def _threshold_condition(rule: ThresholdRule, active: Severity | None, value: float) -> Condition:
-    levels = [(Severity.CRITICAL, rule.critical), (Severity.WARNING, rule.warning)]
-    lowest: float | None = None
-    for severity, limit in levels:
-        if limit is None:
-            continue
-        lowest = limit
-        if value >= limit:
-            return Condition(severity, limit)
-        # Deadband: an alert at this level (or above) clears only below limit - deadband.
-        if active is not None and active >= severity and value >= limit - rule.deadband:
-            return Condition(severity, limit)
-    return Condition(None, lowest)
-
-
-def condition(rule: Rule, active: Severity | None, value: Value) -> Condition | None:
-    """The rule kind's verdict on ``value``, or None when the value cannot be judged (ignored)."""
-    if isinstance(rule, ThresholdRule):
-        if isinstance(value, (str, bool)):
-            return None
-        return _threshold_condition(rule, active, float(value))
-    if isinstance(rule, FaultRule):
-        tripped = bool(value) if not isinstance(value, str) else value.strip() not in ("", "0")
-        return Condition(Severity.parse(rule.severity) if tripped else None)
-    raise TypeError(f"unknown rule kind: {rule!r}")  # pragma: no cover - config forbids it
+    key: Any = None  # what the active alert is about (a fault code): a new key is an update
+    raises: tuple[float, ...] = ()  # when the alert was last raised (for chattering)
+    chattering: bool = False  # held active: clears only after chatter_window of normal
+    memo: Any = None  # the kind's own memory
 
 
 class _Shown(float):
@@ -117,6 +158,14 @@ def template_fields(template: str) -> set[str]:
     return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
+def _chatter_note(rule: Rule) -> str:
+    window = human_duration(rule.chatter_window).removeprefix("about ")
+    return (
+        f" (chattering: raised {rule.chatter_count} times within {window}; held active until it stays "
+        f"normal for {window})"
+    )
+
+
 def _transition(
     rule: Rule,
     sample: Sample,
@@ -124,31 +173,44 @@ def _transition(
     severity: Severity,
     threshold: float | None,
     unit: str,
+    cond: Condition,
+    chattering: bool,
 ) -> Transition:
+    value = cond.value if cond.value is not None else sample.value
+    note = _chatter_note(rule) if chattering and kind is not C else ""
     fields = {
         "machine": rule.machine,
         "signal": rule.signal,
+        "name": rule.name or rule.signal,
         "rule": rule.id,
-        "value": _display(sample.value),
+        "value": _display(value),
         "threshold": _display(threshold),
         "unit": f" {unit}" if unit and unit != "%" else unit,
         "severity": severity.label,
-        "action": _ACTIONS[severity],
+        "action": _action(rule.kind, severity),
+        "note": note,
     }
-    if rule.message is not None and kind is not TransitionKind.CLEARED:
+    fields |= {k: _display(v) for k, v in cond.fields.items()}
+    if rule.message is not None and kind is not C:
         template = rule.message
+        if note and "{note}" not in template:
+            template += "{note}"
     else:
         template = DEFAULT_MESSAGES[rule.kind][kind]
+    extra = dict(cond.data)
+    if chattering and kind is not C:
+        extra["chattering"] = True
     return Transition(
         machine=rule.machine,
         rule=rule.id,
         signal=rule.signal,
         kind=kind,
         severity=severity,
-        value=sample.value,
+        value=value,
         threshold=threshold,
         message=render_message(template, fields),
         time=sample.time,
+        extra=extra,
     )
 
 
@@ -158,14 +220,22 @@ def evaluate(
     """Apply one sample to one rule. Pure: same inputs, same outputs.
 
     Lifecycle: a condition must hold for ``on_delay`` before the alert is raised; a change of
-    severity while active is an ``updated`` event; the condition must stay normal for ``off_delay``
-    before the alert clears; an active alert is re-sent as ``updated`` every ``repeat_every``.
+    severity (or of what the alert is about, e.g. the fault code) while active is an ``updated``
+    event; the condition must stay normal for ``off_delay`` before the alert clears; an active
+    alert is re-sent as ``updated`` every ``repeat_every``. Chattering: the ``chatter_count``-th
+    raise within ``chatter_window`` is sent with a note, and the alert is then held active until its
+    condition stayed normal for ``chatter_window`` (or ``off_delay``, if longer).
     """
     if not sample.good or sample.value is None:
         return state, []
-    cond = condition(rule, state.active, sample.value)
+    memo, cond = observe(rule, state.active, state.memo, sample, now)
+    if memo is not state.memo:
+        state = replace(state, memo=memo)
     if cond is None:
         return state, []
+
+    def emit(kind: TransitionKind, severity: Severity, threshold: float | None, chattering: bool) -> Transition:
+        return _transition(rule, sample, kind, severity, threshold, unit, cond, chattering)
 
     if state.active is None:
         if cond.severity is None:
@@ -173,18 +243,44 @@ def evaluate(
         since = state.pending_since if state.pending_since is not None else now
         if now - since < rule.on_delay:
             return replace(state, pending_since=since), []
-        t = _transition(rule, sample, TransitionKind.RAISED, cond.severity, cond.threshold, unit)
-        return RuleState(active=cond.severity, threshold=cond.threshold, last_sent=now), [t]
+        raises = state.raises
+        if rule.chatter_count:
+            raises = (*(t for t in raises if now - t < rule.chatter_window), now)[-rule.chatter_count :]
+        chattering = bool(rule.chatter_count) and len(raises) >= rule.chatter_count
+        t = emit(R, cond.severity, cond.threshold, chattering)
+        new = RuleState(cond.severity, cond.threshold, None, None, now, cond.key, raises, chattering, state.memo)
+        return new, [t]
 
     if cond.severity is None:
         since = state.normal_since if state.normal_since is not None else now
-        if now - since < rule.off_delay:
+        hold = max(rule.off_delay, rule.chatter_window) if state.chattering else rule.off_delay
+        if now - since < hold:
             return replace(state, normal_since=since), []
-        t = _transition(rule, sample, TransitionKind.CLEARED, state.active, state.threshold, unit)
-        return RuleState(), [t]
+        t = emit(C, state.active, state.threshold, False)
+        return RuleState(raises=state.raises, memo=state.memo), [t]
 
     last_sent = state.last_sent if state.last_sent is not None else now  # e.g. restored after a restart
-    if cond.severity != state.active or (rule.repeat_every is not None and now - last_sent >= rule.repeat_every):
-        t = _transition(rule, sample, TransitionKind.UPDATED, cond.severity, cond.threshold, unit)
-        return RuleState(active=cond.severity, threshold=cond.threshold, last_sent=now), [t]
-    return replace(state, normal_since=None, last_sent=last_sent), []
+    key = state.key if state.key is not None else cond.key  # restored: adopt what it is about now
+    changed = cond.severity != state.active or key != cond.key
+    if changed or (rule.repeat_every is not None and now - last_sent >= rule.repeat_every):
+        t = emit(U, cond.severity, cond.threshold, state.chattering)
+        return replace(
+            state, active=cond.severity, threshold=cond.threshold, normal_since=None, last_sent=now, key=cond.key
+        ), [t]
+    if state.normal_since is None and state.last_sent == last_sent and state.key == key:
+        return state, []
+    return replace(state, normal_since=None, last_sent=last_sent, key=key), []
+
+
+def tick(
+    rule: Rule, state: RuleState, last: Sample | None, now: float, wall: float, unit: str = ""
+) -> tuple[RuleState, list[Transition]]:
+    """Time passes without a new value: judge the last good sample again at ``now`` (event time ``wall``).
+
+    For a signal whose value has not changed (an OPC UA subscription delivers only changes), this is
+    exactly what a fresh reading would say; it lets off-delays expire, repeats go out, stale
+    signals and forecasts be noticed on time. Pure, like :func:`evaluate`.
+    """
+    if last is None or not last.good:
+        return state, []
+    return evaluate(rule, state, replace(last, time=wall), now, unit)
