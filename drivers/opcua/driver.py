@@ -1,84 +1,401 @@
-"""The OPC UA driver (poll mode): one asyncua client; all of a machine's nodes in one Read per poll.
+"""The OPC UA driver: one asyncua session per machine, in subscription (default) or poll mode.
 
-asyncua is imported only when this module is, i.e. only when an OPC UA machine is configured.
-Its own auto-reconnect stays off: the agent's supervisor reconnects with capped, jittered backoff.
+``OpcuaDriver(machine)`` gives a :class:`OpcuaSubscriptionDriver` (a :class:`~drivers.base.PushDriver`)
+for ``mode = "subscribe"`` and a plain polling driver for ``mode = "poll"`` (all nodes in one Read
+per poll). asyncua is imported only when this module is, i.e. only when an OPC UA machine is
+configured.
+
+Recovery: asyncua's own auto-reconnect stays **off**. Every way a session can end (the socket
+closes, asyncua's watchdog read of the server state fails, a subscription reports ``BadShutdown``
+or another status change, no publish response (data or keep-alive) for two keep-alive periods, the
+notification queue overflows) ends ``updates()`` / ``read()`` with
+:class:`~agent.errors.ConnectionLost`; the agent's supervisor then opens a fresh session with capped,
+jittered backoff, subscribes again and re-reads every value. Nothing is carried over from a dead
+session, so there is no half-restored state that could silently stop delivering.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import os
+import socket
 import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from asyncua import ua
 from asyncua.client.client import Client
+from asyncua.client.ua_client import UaClientState
+from asyncua.common.node import Node
+from asyncua.common.subscription import Subscription
+from asyncua.crypto import security_policies, uacrypto
 from asyncua.ua.uaerrors import UaError
 
 from agent.config import OpcuaMachine
-from agent.errors import ConnectionLost
-from agent.model import Quality, Sample
+from agent.errors import ConnectionLost, DriverError
+from agent.model import Sample
+from drivers.opcua.values import describe, sample
+
+log = logging.getLogger("andon.opcua")
+
+# What talking to a server may raise (ConnectionError and TimeoutError are OSErrors too).
+NETWORK_ERRORS = (TimeoutError, OSError, UaError)
+SESSION_TIMEOUT_MS = 60_000  # a session left behind by a broken connection expires on the server after this
+CLOSE_TIMEOUT = 2.0
+INBOX_LIMIT = 10_000  # notifications waiting for the runtime; beyond this the session is dropped and re-read
+POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128Sha256RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256Sha256RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+CERT_FILE, KEY_FILE = "client-cert.der", "client-key.pem"
 
 
-def to_value(variant_value: Any) -> tuple[Any, str | None]:
-    """A Python value from an OPC UA value, or (None, why) when a rule cannot use it."""
-    v = variant_value
-    if isinstance(v, bool | int | str):
-        return v, None
-    if isinstance(v, float):
-        return (v, None) if math.isfinite(v) else (None, f"not a finite number ({v})")
-    if hasattr(v, "value") and isinstance(v.value, int):  # enumerations
-        return int(v.value), None
-    return None, f"unsupported value type {type(v).__name__}"
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def connect_budget(m: OpcuaMachine) -> float:
+    """Longest time a connect may take: a few request round trips (more with security)."""
+    return m.timeout * (5 if m.security_policy != "None" else 3) + 1.0
+
+
+def read_password(m: OpcuaMachine) -> str | None:
+    """The password from ``password_env`` or ``password_file`` (read on every connect: rotation works)."""
+    if m.password_env is not None:
+        password = os.environ.get(m.password_env)
+        if not password:
+            raise DriverError(m.id, f"password_env: environment variable {m.password_env} is not set or empty")
+        return password
+    if m.password_file is not None:
+        try:
+            password = m.password_file.read_text(encoding="utf-8").strip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DriverError(m.id, f"password_file: cannot read {m.password_file}: {exc}") from None
+        if not password:
+            raise DriverError(m.id, f"password_file: {m.password_file} is empty")
+        return password
+    return None
+
+
+def application_uri(m: OpcuaMachine) -> str:
+    """The URI of a generated client certificate (and of the session)."""
+    return f"urn:{socket.gethostname()}:andon-agent:{m.id}"
+
+
+async def _uri_of_certificate(path: Path) -> str | None:
+    from cryptography import x509
+
+    cert = await uacrypto.load_certificate(path)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    return str(uris[0]) if uris else None
+
+
+async def client_pair(client: Client, m: OpcuaMachine) -> tuple[Path, Path]:
+    """The client certificate and key: the configured files, or a self-signed pair made on first start.
+
+    Sets ``client.application_uri`` to the certificate's URI (the server checks that they match).
+    """
+    if m.certificate is not None and m.private_key is not None:
+        for name, path in (("certificate", m.certificate), ("private_key", m.private_key)):
+            if not path.is_file():
+                raise DriverError(m.id, f"{name}: no such file {path}")
+        try:
+            uri = await _uri_of_certificate(m.certificate)
+        except (OSError, ValueError) as exc:
+            raise DriverError(m.id, f"certificate: cannot load {m.certificate}: {exc}") from None
+        client.application_uri = uri or application_uri(m)
+        return m.certificate, m.private_key
+    client.application_uri = application_uri(m)
+    cert, key = m.pki_dir / CERT_FILE, m.pki_dir / KEY_FILE
+    new = not (cert.is_file() and key.is_file())
+    try:
+        await client.setup_self_signed_certificate(key, cert)  # keeps a valid pair, else (re)makes it
+    except (OSError, ValueError) as exc:
+        raise DriverError(m.id, f"cannot create a client certificate in {m.pki_dir}: {exc}") from None
+    if new:
+        log.info("machine %s: made a self-signed client certificate %s (trust it on the server)", m.id, cert)
+    return cert, key
+
+
+async def open_client(m: OpcuaMachine, on_lost: Callable[[Exception], Any] | None = None) -> Client:
+    """A connected client with the machine's security and user. Raises ConnectionLost or DriverError."""
+    client = Client(m.endpoint, timeout=m.timeout, watchdog_intervall=max(1.0, m.timeout))
+    client.session_timeout = SESSION_TIMEOUT_MS
+    client.name = client.description = "andon-agent"
+    client.product_uri = "urn:andon-agent"
+    client.connection_lost_callback = on_lost
+    if m.username is not None:
+        client.set_user(m.username)
+        client.set_password(read_password(m) or "")
+    try:
+        async with asyncio.timeout(connect_budget(m)):
+            if m.security_policy != "None":
+                cert, key = await client_pair(client, m)
+                server_cert = m.server_certificate
+                if server_cert is not None and not server_cert.is_file():
+                    raise DriverError(m.id, f"server_certificate: no such file {server_cert}")
+                await client.set_security(
+                    POLICIES[m.security_policy],
+                    certificate=str(cert),
+                    private_key=str(key),
+                    server_certificate=str(server_cert) if server_cert is not None else None,
+                    mode=getattr(ua.MessageSecurityMode, m.message_security_mode),
+                )
+            await client.connect()
+    except NETWORK_ERRORS as exc:
+        await close_client(client)
+        raise ConnectionLost(m.id, f"cannot connect to {m.endpoint}: {_why(exc)}") from exc
+    except DriverError:
+        await close_client(client)
+        raise
+    return client
+
+
+async def close_client(client: Client) -> None:
+    """Close the session (which deletes its subscriptions on the server) within a bounded time."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await client.disconnect()
+    except (*NETWORK_ERRORS, RuntimeError):
+        pass
 
 
 class OpcuaDriver:
-    """One OPC UA session with one server. See :class:`drivers.base.Driver`."""
+    """One OPC UA session with one server; poll mode: every node in one Read per ``read()``.
+
+    See :class:`drivers.base.Driver`. ``OpcuaDriver(machine)`` returns an
+    :class:`OpcuaSubscriptionDriver` when the machine's ``mode`` is ``"subscribe"``.
+    """
+
+    def __new__(cls, machine: OpcuaMachine) -> OpcuaDriver:
+        if cls is OpcuaDriver and machine.mode == "subscribe":
+            return super().__new__(OpcuaSubscriptionDriver)
+        return super().__new__(cls)
 
     def __init__(self, machine: OpcuaMachine) -> None:
         self.machine = machine
         self._client: Client | None = None
-        self._nodes: list[Any] = []
+        self._nodes: list[Node | None] = []  # per signal; None: the node id cannot be parsed
+        self._lost: str | None = None  # why asyncua says the connection is gone
+        self._reported: dict[str, str] = {}  # signal -> the bad status logged for it (once per change)
 
     async def __aenter__(self) -> Self:
-        m = self.machine
-        client = Client(m.endpoint, timeout=m.timeout)
-        try:
-            async with asyncio.timeout(m.timeout + 2.0):
-                await client.connect()
-        except (TimeoutError, OSError, UaError, ConnectionError) as exc:
-            raise ConnectionLost(m.id, f"cannot connect to {m.endpoint}: {exc or type(exc).__name__}") from exc
-        self._client = client
-        self._nodes = [client.get_node(s.node) for s in m.signals]
+        self._lost = None
+        self._client = await open_client(self.machine, self._on_lost)
+        self._nodes = []
+        for s in self.machine.signals:
+            try:
+                self._nodes.append(self._client.get_node(s.node))
+            except (UaError, ValueError):
+                self._nodes.append(None)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            try:
-                async with asyncio.timeout(2.0):
-                    await client.disconnect()
-            except (TimeoutError, OSError, UaError, ConnectionError):
-                pass
+        client, self._client = self._client, None
+        if client is not None:
+            await close_client(client)
 
-    async def read(self) -> list[Sample]:
-        if self._client is None:
+    async def _on_lost(self, exc: Exception) -> None:
+        """asyncua's connection_lost_callback: its watchdog or the transport saw the session die."""
+        self._lost = f"connection lost: {_why(exc)}"
+
+    def _alive(self) -> Client:
+        """The client, or ConnectionLost when asyncua has noticed the session is gone."""
+        client = self._client
+        if client is None:
             raise ConnectionLost(self.machine.id, "not connected")
+        if self._lost is not None:
+            raise ConnectionLost(self.machine.id, self._lost)
+        state = client.uaclient.state
+        if state is not UaClientState.CONNECTED:
+            raise ConnectionLost(self.machine.id, f"session {state.value}")
+        return client
+
+    @property
+    def _valid(self) -> list[Node]:
+        return [n for n in self._nodes if n is not None]
+
+    async def _read_all(self, client: Client) -> list[tuple[str | None, Any]]:
+        """(status name or None, value) per signal, from one Read of every valid node."""
+        nodes = self._valid
         try:
             async with asyncio.timeout(self.machine.timeout + 0.5):
-                results = await self._client.read_attributes(self._nodes)
-        except (TimeoutError, OSError, UaError, ConnectionError) as exc:
-            raise ConnectionLost(self.machine.id, f"read failed: {exc or type(exc).__name__}") from exc
-        now = time.time()
-        out = []
-        for signal, dv in zip(self.machine.signals, results, strict=True):
-            status = dv.StatusCode
-            if status is not None and not status.is_good():
-                out.append(Sample(self.machine.id, signal.id, None, Quality.BAD, now, error=status.name))
+                results = await client.read_attributes(nodes) if nodes else []
+        except NETWORK_ERRORS as exc:
+            raise ConnectionLost(self.machine.id, f"read failed: {_why(exc)}") from exc
+        if len(results) != len(nodes):
+            raise ConnectionLost(self.machine.id, f"read returned {len(results)} values for {len(nodes)} nodes")
+        it = iter(results)
+        out: list[tuple[str | None, Any]] = []
+        for node in self._nodes:
+            if node is None:
+                out.append(("BadNodeIdInvalid", None))
                 continue
-            value, why = to_value(dv.Value.Value if dv.Value is not None else None)
-            quality = Quality.GOOD if why is None else Quality.BAD
-            out.append(Sample(self.machine.id, signal.id, value, quality, now, error=why))
+            dv = next(it)
+            out.append(_status_and_value(dv))
         return out
+
+    def _samples(self, readings: list[tuple[str | None, Any]], now: float) -> list[Sample]:
+        out = []
+        for s, (status, value) in zip(self.machine.signals, readings, strict=True):
+            smp = sample(self.machine.id, s.id, status, value, now)
+            self._note(s.id, s.node, smp)
+            out.append(smp)
+        return out
+
+    def _note(self, signal: str, node: str, smp: Sample) -> None:
+        """Log a signal going bad (once per reason) and coming back."""
+        m = self.machine.id
+        if smp.good:
+            if self._reported.pop(signal, None) is not None:
+                log.info("machine %s: signal %s (node %s) is good again", m, signal, node)
+        elif self._reported.get(signal) != smp.error:
+            self._reported[signal] = smp.error or "bad"
+            log.warning(
+                "machine %s: signal %s (node %s): %s; its samples are bad, the other signals keep working",
+                m,
+                signal,
+                node,
+                describe(smp.error or "bad"),
+            )
+
+    async def read(self) -> list[Sample]:
+        client = self._alive()
+        readings = await self._read_all(client)
+        return self._samples(readings, time.time())
+
+
+def _status_and_value(dv: ua.DataValue) -> tuple[str | None, Any]:
+    status = dv.StatusCode
+    if status is not None and not status.is_good():
+        return status.name, None
+    return None, dv.Value.Value if dv.Value is not None else None
+
+
+class _Inbox:
+    """asyncua subscription handler: notifications into one queue, in the order they came."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue()
+        self.overflow = False
+
+    def _put(self, item: tuple[str, Any, Any]) -> None:
+        if self.queue.qsize() >= INBOX_LIMIT:
+            self.overflow = True  # the session is dropped and everything re-read: nothing is silently lost
+            self.queue.put_nowait(("lost", f"more than {INBOX_LIMIT} notifications waiting", None))
+            return
+        self.queue.put_nowait(item)
+
+    def datachange_notification(self, node: Node, val: Any, data: Any) -> None:
+        self._put(("data", node.nodeid, data.monitored_item.Value))
+
+    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
+        self._put(("status", status.Status, None))
+
+    def lost(self, why: str) -> None:
+        self.queue.put_nowait(("lost", why, None))
+
+
+class OpcuaSubscriptionDriver(OpcuaDriver):
+    """Subscription mode: a :class:`~drivers.base.PushDriver`.
+
+    ``updates()`` subscribes to data changes of every node (sampling and publishing at the
+    machine's ``poll_interval``), reads every current value in one Read and yields it, then yields
+    every signal's latest sample whenever notifications arrive, and at least every
+    ``poll_interval`` while the session is alive (so time-based rules such as ``on_delay`` see
+    time pass and the offline watchdog sees a live machine). No change is merged away: a second
+    change of one signal within a batch is yielded separately.
+    """
+
+    def __init__(self, machine: OpcuaMachine) -> None:
+        super().__init__(machine)
+        self._inbox = _Inbox()
+
+    async def _on_lost(self, exc: Exception) -> None:
+        await super()._on_lost(exc)
+        self._inbox.lost(self._lost or "connection lost")
+
+    def _subscription_parameters(self) -> tuple[ua.CreateSubscriptionParameters, float]:
+        """The subscription's parameters, and how long without any publish response means it is dead."""
+        m = self.machine
+        period = m.poll_interval
+        keepalive_s = min(max(m.offline_after / 3, period), 10.0)
+        keepalive = max(1, math.ceil(keepalive_s / period))
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = period * 1000.0
+        params.RequestedMaxKeepAliveCount = keepalive
+        params.RequestedLifetimeCount = keepalive * 10  # the spec asks for at least 3x the keep-alive count
+        params.MaxNotificationsPerPublish = 0  # no limit
+        params.PublishingEnabled = True
+        params.Priority = 0
+        return params, 2 * keepalive * period + m.timeout + 1.0
+
+    async def updates(self) -> AsyncIterator[list[Sample]]:
+        m = self.machine
+        client = self._alive()
+        params, stale_after = self._subscription_parameters()
+        index: dict[Any, list[int]] = {}  # node id -> the signals reading it
+        for i, node in enumerate(self._nodes):
+            if node is not None:
+                index.setdefault(node.nodeid, []).append(i)
+        try:
+            async with asyncio.timeout(connect_budget(m)):
+                sub: Subscription = await client.create_subscription(params, self._inbox)
+                nodes = self._valid
+                if nodes:
+                    await sub.subscribe_data_change(
+                        nodes, sampling_interval=ua.Double(m.poll_interval * 1000.0), queuesize=10
+                    )
+        except NETWORK_ERRORS as exc:
+            raise ConnectionLost(m.id, f"cannot subscribe: {_why(exc)}") from exc
+        subscribed, sub_id = time.monotonic(), sub.subscription_id
+        # Items the server refused (e.g. BadNodeIdUnknown) read as bad below, with the same status.
+        readings = await self._read_all(client)
+        yield self._samples(readings, time.time())
+
+        queue = self._inbox.queue
+        while True:
+            if sub.subscription_id != sub_id:
+                # asyncua's own watchdog re-created a stale subscription; its notifications can get lost
+                # in between (seen with asyncua 2.1), so start afresh: new session, subscription and read.
+                raise ConnectionLost(m.id, f"subscription {sub_id} went stale (no publish responses)")
+            heard = sub.last_publish_at or subscribed
+            if time.monotonic() - heard > stale_after:
+                raise ConnectionLost(m.id, f"no publish response (data or keep-alive) for {stale_after:g}s")
+            self._alive()
+            try:
+                async with asyncio.timeout(m.poll_interval):
+                    item = await queue.get()
+            except TimeoutError:
+                yield self._samples(readings, time.time())  # nothing changed: the latest values again
+                continue
+            changed: set[int] = set()
+            while True:
+                kind, what, dv = item
+                if kind == "lost":
+                    raise ConnectionLost(m.id, str(what))
+                if kind == "status":
+                    name = what.name if isinstance(what, ua.StatusCode) else str(what)
+                    raise ConnectionLost(m.id, f"subscription status {name}")
+                for i in index.get(what, ()):
+                    if i in changed:  # a second change of one signal: send the first one on its own
+                        yield self._samples(readings, time.time())
+                        changed.clear()
+                    readings[i] = _status_and_value(dv)
+                    changed.add(i)
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            yield self._samples(readings, time.time())

@@ -1,0 +1,482 @@
+"""The OPC UA drivers and the whole agent against one in-process asyncua server (shared per session)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import ua
+
+from agent.config import Config, OpcuaMachine, parse_config
+from agent.errors import ConfigError, ConnectionLost, DriverError
+from agent.model import Sample
+from agent.receiver import Receiver
+from agent.runtime import Agent
+from drivers.base import PushDriver, make_driver
+from drivers.opcua import OpcuaDriver, OpcuaSubscriptionDriver, to_value
+from tests.opcua_fixtures import ENUM_VALUE, PASSWORD, USER, VARIABLES, OpcuaSim, opcua_server
+from tests.waiting import Changes
+
+ROOT = Path(__file__).resolve().parent.parent
+TYPES = [*(n for n in VARIABLES if "." not in n), "Enum"]
+
+
+@pytest.fixture(scope="session")
+async def opcua(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OpcuaSim]:
+    """One asyncua server for every test here (starting one takes about 2 s)."""
+    async with opcua_server(tmp_path_factory.mktemp("opcua-server-pki")) as sim:
+        yield sim
+
+
+def machine_doc(sim: OpcuaSim, signals: dict[str, str], **extra: Any) -> dict[str, Any]:
+    """An OPC UA machine "m1" reading ``{signal id: variable name (or a raw node id with "=")}``."""
+    doc: dict[str, Any] = {
+        "id": "m1",
+        "protocol": "opcua",
+        "endpoint": sim.endpoint,
+        "poll_interval": "50ms",
+        "offline_after": "1s",
+        "timeout": "1s",
+        "reconnect_max": "300ms",
+        "signals": [{"id": sid, "node": name if "=" in name else sim.node_id(name)} for sid, name in signals.items()],
+    }
+    doc.update(extra)
+    return doc
+
+
+def config(tmp_path: Path, *machines: dict[str, Any], **sections: Any) -> Config:
+    doc = {
+        "agent": {"gateway_id": "gw-test", "state_dir": str(tmp_path / "state")},
+        "machines": list(machines),
+        "status": {"listen": None},
+        **sections,
+    }
+    return parse_config(doc)
+
+
+def machine(tmp_path: Path, sim: OpcuaSim, signals: dict[str, str], **extra: Any) -> OpcuaMachine:
+    m = config(tmp_path, machine_doc(sim, signals, **extra)).machines[0]
+    assert isinstance(m, OpcuaMachine)
+    return m
+
+
+def by_signal(samples: list[Sample]) -> dict[str, Sample]:
+    return {s.signal: s for s in samples}
+
+
+async def next_until(
+    updates: AsyncIterator[list[Sample]], predicate: Callable[[dict[str, Sample]], bool], within: float = 5.0
+) -> dict[str, Sample]:
+    async with asyncio.timeout(within):
+        async for samples in updates:
+            got = by_signal(samples)
+            if predicate(got):
+                return got
+    raise AssertionError("updates() ended")
+
+
+# --------------------------------------------------------------------------------------------
+# Subscription and poll mode
+
+
+async def test_subscription_yields_current_values_then_changes(opcua: OpcuaSim, tmp_path: Path) -> None:
+    await opcua.set("Sub.Wear", 10.0)
+    m = machine(tmp_path, opcua, {"wear": "Sub.Wear", "other": "Sub.Other"})
+    assert m.mode == "subscribe"
+    driver = make_driver(m)
+    assert isinstance(driver, OpcuaSubscriptionDriver) and isinstance(driver, PushDriver)
+    async with driver:
+        updates = driver.updates()
+        first = by_signal(await anext(updates))
+        assert set(first) == {"wear", "other"}  # the first list holds every signal
+        assert first["wear"].good and first["wear"].value == 10.0
+        for value in (20.5, 30.0, 96.5):
+            await opcua.set("Sub.Wear", value)
+            got = await next_until(updates, lambda s, v=value: s["wear"].value == v)
+            assert got["other"].good  # every list holds every signal's latest sample
+        # Nothing changes: the latest values come again every poll_interval (time-based rules need it).
+        again = await next_until(updates, lambda s: True, within=1.0)
+        assert again["wear"].value == 96.5
+
+
+async def test_two_changes_within_one_publish_are_both_seen(opcua: OpcuaSim, tmp_path: Path) -> None:
+    m = machine(tmp_path, opcua, {"wear": "Sub.Wear"}, poll_interval="300ms")
+    async with OpcuaDriver(m) as driver:
+        assert isinstance(driver, OpcuaSubscriptionDriver)
+        updates = driver.updates()
+        await anext(updates)
+        seen: list[Any] = []
+        await opcua.set("Sub.Wear", 1.0)
+        await opcua.set("Sub.Wear", 2.0)  # both land in one publish (every 300 ms)
+        await next_until(updates, lambda s: seen.append(s["wear"].value) or s["wear"].value == 2.0)
+        assert 1.0 in seen
+
+
+async def test_poll_mode_reads_every_node_in_one_request(opcua: OpcuaSim, tmp_path: Path) -> None:
+    await opcua.set("Poll.Wear", 42.0)
+    m = machine(tmp_path, opcua, {"wear": "Poll.Wear", "b": "Bool", "s": "String"}, mode="poll")
+    driver = make_driver(m)
+    assert isinstance(driver, OpcuaDriver) and not isinstance(driver, PushDriver)
+    async with driver:
+        client = driver._client
+        assert client is not None
+        reads: list[int] = []
+        inner = client.uaclient.read_attributes
+
+        async def counting(nodeids: list[Any], attr: Any) -> Any:
+            reads.append(len(nodeids))
+            return await inner(nodeids, attr)
+
+        client.uaclient.read_attributes = counting  # type: ignore[method-assign]
+        got = by_signal(await driver.read())
+        assert (got["wear"].value, got["b"].value, got["s"].value) == (42.0, True, "program 42")
+        await opcua.set("Poll.Wear", 43.0)
+        assert by_signal(await driver.read())["wear"].value == 43.0
+        assert reads == [3, 3]
+
+
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+async def test_every_supported_type_reaches_the_rules(opcua: OpcuaSim, tmp_path: Path, mode: str) -> None:
+    m = machine(tmp_path, opcua, {name.lower(): name for name in TYPES}, mode=mode)
+    async with OpcuaDriver(m) as driver:
+        if isinstance(driver, OpcuaSubscriptionDriver):
+            samples = await anext(driver.updates())
+        else:
+            samples = await driver.read()
+    got = by_signal(samples)
+    expected = {n.lower(): v for n, (_, v) in VARIABLES.items() if n in TYPES} | {"enum": ENUM_VALUE}
+    assert {k: s.error for k, s in got.items() if not s.good} == {}
+    assert {k: s.value for k, s in got.items()} == expected
+    assert type(got["bool"].value) is bool and type(got["enum"].value) is int
+    assert type(got["uint64"].value) is int and type(got["float"].value) is float
+
+
+def test_to_value_table() -> None:
+    import enum
+
+    class State(enum.IntEnum):
+        RUNNING = 2
+
+    assert to_value(True) == (True, None)
+    assert to_value(State.RUNNING) == (2, None) and type(to_value(State.RUNNING)[0]) is int
+    assert to_value(7) == (7, None)
+    assert to_value(2.5) == (2.5, None)
+    assert to_value("x") == ("x", None)
+    assert to_value(float("nan"))[0] is None
+    assert to_value(None) == (None, "no value (null)")
+    assert to_value(b"\x00") == (None, "unsupported value type bytes")
+    assert to_value([1, 2]) == (None, "unsupported value type list")
+
+
+# --------------------------------------------------------------------------------------------
+# Bad nodes and bad status codes
+
+
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+async def test_unknown_node_is_one_log_line_and_the_others_keep_working(
+    opcua: OpcuaSim, tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="andon.opcua")
+    signals = {"wear": "Sub.Wear" if mode == "subscribe" else "Poll.Wear", "ghost": f"ns={opcua.ns};s=No.Such.Node"}
+    m = machine(tmp_path, opcua, signals | {"garbled": "ns=2;i=notanumber"}, mode=mode)
+    async with OpcuaDriver(m) as driver:
+        for _ in range(3):
+            if isinstance(driver, OpcuaSubscriptionDriver):
+                samples = await anext(driver.updates())
+            else:
+                samples = await driver.read()
+            got = by_signal(samples)
+            assert got["wear"].good
+            assert (got["ghost"].good, got["ghost"].error) == (False, "BadNodeIdUnknown")
+            assert (got["garbled"].good, got["garbled"].error) == (False, "BadNodeIdInvalid")
+    lines = [r.getMessage() for r in caplog.records if "ghost" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "machine m1" in lines[0] and "signal ghost" in lines[0] and "BadNodeIdUnknown" in lines[0]
+    assert "the other signals keep working" in lines[0]
+
+
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+async def test_bad_and_uncertain_status_give_bad_samples_with_the_status_name(
+    opcua: OpcuaSim, tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="andon.opcua")
+    await opcua.set("Status.A", 1.0)
+    await opcua.set("Status.B", 2.0)
+    m = machine(tmp_path, opcua, {"a": "Status.A", "b": "Status.B"}, mode=mode)
+    async with OpcuaDriver(m) as driver:
+        if isinstance(driver, OpcuaSubscriptionDriver):
+            updates = driver.updates()
+
+            async def until(predicate: Callable[[dict[str, Sample]], bool]) -> dict[str, Sample]:
+                return await next_until(updates, predicate)
+        else:
+
+            async def until(predicate: Callable[[dict[str, Sample]], bool]) -> dict[str, Sample]:
+                for _ in range(250):  # poll mode: polling is the point
+                    if predicate(got := by_signal(await driver.read())):
+                        return got
+                    await asyncio.sleep(0.02)
+                raise AssertionError("no such sample within 5 s")
+
+        await until(lambda s: s["a"].value == 1.0)
+        await opcua.set_status("Status.A", ua.StatusCodes.BadSensorFailure, 5.0)
+        got = await until(lambda s: not s["a"].good)
+        assert (got["a"].value, got["a"].error) == (None, "BadSensorFailure")
+        assert got["b"].good and got["b"].value == 2.0
+        await opcua.set_status("Status.A", ua.StatusCodes.UncertainLastUsableValue, 6.0)
+        got = await until(lambda s: s["a"].error == "UncertainLastUsableValue")
+        assert got["a"].value is None
+        await opcua.set("Status.A", 7.0)
+        got = await until(lambda s: s["a"].good)
+        assert got["a"].value == 7.0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("signal a" in t and "BadSensorFailure" in t for t in messages)
+    assert any("signal a" in t and "good again" in t for t in messages)
+
+
+# --------------------------------------------------------------------------------------------
+# Security and users
+
+
+async def test_username_and_password_from_env_or_file(
+    opcua: OpcuaSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("TEST_OPCUA_PASSWORD", PASSWORD)
+    m = machine(tmp_path, opcua, {"b": "Bool"}, mode="poll", username=USER, password_env="TEST_OPCUA_PASSWORD")
+    async with OpcuaDriver(m) as driver:
+        assert (await driver.read())[0].good
+
+    secret = tmp_path / "password"
+    secret.write_text("wrong-password\n")
+    m = machine(tmp_path, opcua, {"b": "Bool"}, mode="poll", username=USER, password_file=str(secret))
+    with pytest.raises(ConnectionLost, match="cannot connect") as err:
+        async with OpcuaDriver(m):
+            pass
+    assert "wrong-password" not in str(err.value)
+    secret.write_text(PASSWORD + "\n")  # read again on every connect
+    async with OpcuaDriver(m) as driver:
+        assert (await driver.read())[0].good
+
+    monkeypatch.delenv("TEST_OPCUA_PASSWORD")
+    m = machine(tmp_path, opcua, {"b": "Bool"}, mode="poll", username=USER, password_env="TEST_OPCUA_PASSWORD")
+    with pytest.raises(DriverError, match="password_env: environment variable TEST_OPCUA_PASSWORD is not set"):
+        async with OpcuaDriver(m):
+            pass
+    assert not [r for r in caplog.records if PASSWORD in r.getMessage() or "wrong-password" in r.getMessage()]
+
+
+async def test_sign_and_encrypt_with_a_generated_certificate(opcua: OpcuaSim, tmp_path: Path) -> None:
+    m = machine(
+        tmp_path, opcua, {"wear": "Sub.Wear", "b": "Bool"}, security_policy="Basic256Sha256", username=USER,
+        password_env="TEST_OPCUA_PW",
+    )  # fmt: skip
+    assert m.message_security_mode == "SignAndEncrypt"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEST_OPCUA_PW", PASSWORD)
+        async with OpcuaDriver(m) as driver:
+            client = driver._client
+            assert client is not None and client.security_policy.Mode == ua.MessageSecurityMode.SignAndEncrypt
+            first = by_signal(await anext(driver.updates()))
+            assert first["b"].value is True
+    cert = m.pki_dir / "client-cert.der"
+    assert cert.is_file() and (m.pki_dir / "client-key.pem").is_file()
+    assert m.pki_dir == tmp_path / "state" / "opcua" / "m1"
+    made = cert.read_bytes()
+
+    # The same pair again, now with the server's certificate trusted by file and another policy.
+    m = machine(
+        tmp_path, opcua, {"b": "Bool"}, mode="poll", security_policy="Aes256Sha256RsaPss",
+        server_certificate=str(opcua.cert),
+    )  # fmt: skip
+    async with OpcuaDriver(m) as driver:
+        assert (await driver.read())[0].value is True
+    assert cert.read_bytes() == made
+
+    # A server certificate that is not the server's: no session.
+    m = machine(
+        tmp_path, opcua, {"b": "Bool"}, mode="poll", security_policy="Basic256Sha256", server_certificate=str(cert)
+    )
+    with pytest.raises(ConnectionLost):
+        async with OpcuaDriver(m):
+            pass
+
+
+async def test_configured_certificate_files(opcua: OpcuaSim, tmp_path: Path) -> None:
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    cert, key = tmp_path / "mine.der", tmp_path / "mine.pem"
+    await setup_self_signed_certificate(
+        key, cert, "urn:site:gateway-7", "gateway-7", [ExtendedKeyUsageOID.CLIENT_AUTH], {}
+    )
+    m = machine(
+        tmp_path, opcua, {"b": "Bool"}, mode="poll", security_policy="Basic256Sha256", security_mode="Sign",
+        certificate=str(cert), private_key=str(key),
+    )  # fmt: skip
+    async with OpcuaDriver(m) as driver:
+        assert driver._client is not None and driver._client.application_uri == "urn:site:gateway-7"
+        assert (await driver.read())[0].value is True
+    assert not m.pki_dir.exists()
+
+    m = machine(
+        tmp_path, opcua, {"b": "Bool"}, security_policy="Basic256Sha256", certificate=str(tmp_path / "nope.der"),
+        private_key=str(key),
+    )  # fmt: skip
+    with pytest.raises(DriverError, match="certificate: no such file"):
+        async with OpcuaDriver(m):
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+
+
+OK = {"id": "m", "protocol": "opcua", "endpoint": "opc.tcp://plc:4840/", "signals": [{"id": "s", "node": "i=2258"}]}
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "message"),
+    [
+        ({"password": "x"}, "password", "never goes in the config"),
+        ({"security_mode": "Sign"}, "security_mode", 'needs a `security_policy` other than "None"'),
+        ({"certificate": "c.der"}, "certificate", "needs a `security_policy`"),
+        ({"server_certificate": "s.der"}, "server_certificate", "needs a `security_policy`"),
+        ({"security_policy": "Basic256Sha256", "certificate": "c.der"}, "private_key", "set both"),
+        ({"security_policy": "Basic128Rsa15"}, "security_policy", "Input should be"),
+        ({"security_policy": "Basic256Sha256", "security_mode": "None"}, "security_mode", "Input should be"),
+        ({"username": "u"}, "username", "needs `password_env` or `password_file`"),
+        ({"password_env": "PW"}, "password_env", "needs `username`"),
+        ({"username": "u", "password_env": "PW", "password_file": "f"}, "password_file", "at most one"),
+        ({"endpoint": "opc.tcp://u:hunter2@plc:4840/"}, "endpoint", "must not hold credentials"),
+        ({"endpoint": "http://plc/"}, "endpoint", "opc.tcp://"),
+        ({"mode": "push"}, "mode", "Input should be 'subscribe' or 'poll'"),
+    ],
+)
+def test_bad_opcua_configs_name_the_key(extra: dict[str, Any], key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"machines": [OK | extra]})
+    text = str(err.value)
+    assert f"machines[0].{key}: " in text and message in text, text
+    assert "hunter2" not in text
+
+
+def test_opcua_defaults() -> None:
+    m = parse_config({"agent": {"state_dir": "/srv/andon"}, "machines": [OK]}).machines[0]
+    assert isinstance(m, OpcuaMachine)
+    assert (m.mode, m.security_policy, m.security_mode, m.message_security_mode) == ("subscribe", "None", None, "None")
+    assert (m.certificate, m.private_key, m.server_certificate) == (None, None, None)
+    assert (m.username, m.password_env, m.password_file) == (None, None, None)
+    assert m.pki_dir == Path("/srv/andon/opcua/m")
+
+
+def test_asyncua_is_imported_only_for_opcua_machines(tmp_path: Path) -> None:
+    code = f"""
+import asyncio, sys
+from agent.config import load_config
+from agent.runtime import Agent
+from drivers.base import Drivers
+cfg = load_config({str(ROOT / "config" / "demo.toml")!r})
+assert all(m.protocol == "modbus" for m in cfg.machines)
+async def main():
+    drivers = Drivers()
+    agent = Agent(cfg, driver_factory=drivers)
+    for m in cfg.machines:
+        drivers(m)
+    await drivers.aclose()
+asyncio.run(main())
+from agent.cli import summary
+summary(cfg)
+assert "asyncua" not in sys.modules, "asyncua was imported"
+import drivers.opcua.values
+assert "asyncua" not in sys.modules, "the pure values module imports asyncua"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The whole agent: rules, recovery after a server restart
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: Config, changes: Changes) -> AsyncIterator[Agent]:
+    agent = Agent(cfg, observers=[changes.bump])
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.wait({task, asyncio.ensure_future(agent.started.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def of(events: list[dict[str, Any]], subject: str, kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["subject"] == subject and e["type"] == f"andon.alert.{kind}"]
+
+
+async def test_agent_recovers_after_a_server_restart_on_the_same_port(
+    opcua: OpcuaSim, tmp_path: Path, receiver: Receiver
+) -> None:
+    await opcua.set("Agent.Wear", 10.0)
+    wear_rule = {"id": "wear", "machine": "m1", "signal": "wear", "kind": "threshold", "warning": 80, "critical": 95}
+    cfg = config(
+        tmp_path,
+        machine_doc(opcua, {"wear": "Agent.Wear"}, poll_interval="100ms", offline_after="1s"),
+        rules=[wear_rule],
+        sinks=[{"id": "up", "kind": "http", "url": receiver.url, "timeout": "2s", "retry_max": "300ms"}],
+    )
+    changes = Changes()
+    loop = asyncio.get_running_loop()
+    async with running(cfg, changes) as agent:
+        status = agent.machines[0].status
+        await opcua.set("Agent.Wear", 85.0)  # seen by the initial read or by the subscription
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/wear", "raised")) == 1)
+        # A quiet machine is not an offline one: values keep coming while nothing changes.
+        reads = status.reads
+        await asyncio.sleep(1.3)  # longer than offline_after; nothing to await: it must NOT happen
+        assert status.reads > reads and not status.offline
+
+        await opcua.stop()
+        stopped = loop.time()
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/offline", "raised")) == 1)
+        assert loop.time() - stopped <= 1.0 + 0.1 + 0.5  # offline_after + one poll + delivery allowance
+        await opcua.set("Agent.Wear", 96.0)  # changed while the agent cannot see it
+        await opcua.start()  # same port, same address space
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/offline", "cleared")) == 1)
+        # The value changed during the outage is re-read on reconnect...
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/wear", "updated")) == 1)
+        assert of(receiver.events, "m1/wear", "updated")[0]["data"]["severity"] == "critical"
+        # ...and the new subscription delivers again.
+        await opcua.set("Agent.Wear", 5.0)
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/wear", "cleared")) == 1)
+        assert status.connected
+
+
+async def test_a_subscription_that_stops_delivering_is_replaced(opcua: OpcuaSim, tmp_path: Path) -> None:
+    """The server forgets the subscription (no BadShutdown, no closed socket): data must not stop."""
+    await opcua.set("Stale.Wear", 1.0)
+    m = machine(tmp_path, opcua, {"wear": "Stale.Wear"}, poll_interval="100ms", offline_after="600ms")
+    driver = OpcuaDriver(m)
+    async with driver:
+        updates = driver.updates()
+        await next_until(updates, lambda s: s["wear"].value == 1.0)
+        service = opcua.server.iserver.subscription_service
+        ids = list(service.subscriptions)
+        await service.delete_subscriptions(ids)
+        await opcua.set("Stale.Wear", 2.0)
+        with pytest.raises(ConnectionLost, match=r"stale|no publish response"):
+            await next_until(updates, lambda s: False, within=10.0)
+    async with driver:  # what the supervisor does on ConnectionLost: a fresh session reads the value
+        await next_until(driver.updates(), lambda s: s["wear"].value == 2.0)
