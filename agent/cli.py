@@ -17,6 +17,7 @@ from agent.config import (
     Config,
     ForecastRule,
     ModbusMachine,
+    OpcuaMachine,
     StaleRule,
     ThresholdRule,
     ToolLifeRule,
@@ -33,6 +34,24 @@ def _config_path(arg: str | None) -> Path:
     if not path:
         raise ConfigError("no config: pass --config PATH or set ANDON_CONFIG")
     return Path(path)
+
+
+def _opcua_session(m: OpcuaMachine) -> str:
+    """How the agent talks to an OPC UA machine, in one line (no protocol library needed)."""
+    if m.mode == "subscribe":
+        text = f"subscribe to data changes (sampling and publishing every {m.poll_interval:g}s)"
+    else:
+        text = f"poll: all {len(m.signals)} node(s) in one Read every {m.poll_interval:g}s"
+    if m.security_policy == "None":
+        text += ", no security"
+    else:
+        text += f", security {m.security_policy} {m.message_security_mode}"
+        text += f", client certificate {m.certificate}" if m.certificate else f" (client certificate in {m.pki_dir})"
+        text += f", server certificate {m.server_certificate}" if m.server_certificate else ""
+    if m.username is not None:
+        where = f"${m.password_env}" if m.password_env else str(m.password_file)
+        text += f", user {m.username} (password from {where})"
+    return text
 
 
 def summary(cfg: Config) -> str:
@@ -65,6 +84,7 @@ def summary(cfg: Config) -> str:
             lines.append(
                 f"machine {m.id}: opcua {m.endpoint}, every {m.poll_interval:g}s, offline after {m.offline_after:g}s"
             )
+            lines.append("  " + _opcua_session(m))
             lines += [f"  signal {s.id}: node {s.node}" for s in m.signals]
     for r in cfg.rules:
         if isinstance(r, ThresholdRule):
@@ -110,6 +130,23 @@ async def _run(cfg: Config, path: Path) -> None:
         notifier.close()
 
 
+def _check_connect(cfg: Config) -> int:
+    """``check --connect``: 0 if every OPC UA node resolves to a usable value, 1 otherwise."""
+    machines = [m for m in cfg.machines if isinstance(m, OpcuaMachine)]
+    if not machines:
+        print("config OK (no OPC UA machines to connect to)")
+        return EXIT_OK
+    from drivers.opcua.probe import probe_all
+
+    lines, ok = asyncio.run(probe_all(machines))
+    print("\n".join(lines))
+    if not ok:
+        print("config valid, but not every OPC UA node can be read (see above)")
+        return EXIT_FATAL
+    print("config OK, every OPC UA node resolves")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="andon-agent", description="Edge andon agent: PLC signals -> alerts upstream."
@@ -122,6 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, text in (("run", "run the agent until SIGTERM/SIGINT"), ("check", "validate a config and show the plan")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", "-c", help="config file (default: $ANDON_CONFIG)")
+        if name == "check":
+            p.add_argument(
+                "--connect",
+                action="store_true",
+                help="also connect to each OPC UA machine and show every node's data type and value "
+                "(exit 1 if a node does not resolve or cannot be used)",
+            )
     demo = sub.add_parser("demo", help="a simulated machine, the agent and a local receiver, alerts shown live")
     demo.add_argument("--speed", type=float, default=1.0, help="run the simulated machine this many times faster")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
@@ -144,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check":
         print(summary(cfg))
+        if args.connect:
+            return _check_connect(cfg)
         print("config OK")
         return EXIT_OK
     try:

@@ -21,7 +21,7 @@ from agent.receiver import Receiver
 from agent.runtime import Agent
 from drivers.base import PushDriver, make_driver
 from drivers.opcua import OpcuaDriver, OpcuaSubscriptionDriver, to_value
-from tests.opcua_fixtures import ENUM_VALUE, PASSWORD, USER, VARIABLES, OpcuaSim, opcua_server
+from tests.opcua_fixtures import ENUM_VALUE, PASSWORD, USER, VARIABLES, OpcuaSim, free_port, opcua_server
 from tests.waiting import Changes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -480,3 +480,75 @@ async def test_a_subscription_that_stops_delivering_is_replaced(opcua: OpcuaSim,
             await next_until(updates, lambda s: False, within=10.0)
     async with driver:  # what the supervisor does on ConnectionLost: a fresh session reads the value
         await next_until(driver.updates(), lambda s: s["wear"].value == 2.0)
+
+
+# --------------------------------------------------------------------------------------------
+# check --connect
+
+
+def _toml(sim: OpcuaSim, tmp_path: Path, signals: dict[str, str]) -> Path:
+    lines = [
+        "[agent]",
+        'gateway_id = "gw-test"',
+        f'state_dir = "{tmp_path / "state"}"',
+        "[[machines]]",
+        'id = "mill"',
+        'protocol = "opcua"',
+        f'endpoint = "{sim.endpoint}"',
+        'timeout = "1s"',
+    ]
+    for sid, node in signals.items():
+        lines += ["[[machines.signals]]", f'id = "{sid}"', f'node = "{node}"']
+    path = tmp_path / "agent.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def test_check_connect_shows_type_and_value_of_every_node(
+    opcua: OpcuaSim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import EXIT_FATAL, EXIT_OK, main
+
+    await opcua.set("Poll.Wear", 12.5)
+    names = {"wear": "Poll.Wear", "state": "Enum", "flag": "Bool", "text": "String", "count": "UInt16"}
+    path = _toml(opcua, tmp_path, {k: opcua.node_id(v) for k, v in names.items()})
+    assert await asyncio.to_thread(main, ["check", "--connect", "--config", str(path)]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert f"machine mill: {opcua.endpoint} (security None, anonymous): connected" in lines
+    assert f"  signal wear: node ns={opcua.ns};s=Poll.Wear: Double = 12.5" in lines
+    assert f"  signal state: node ns={opcua.ns};s=Enum: MachineState = {ENUM_VALUE}" in lines
+    assert f"  signal flag: node ns={opcua.ns};s=Bool: Boolean = True" in lines
+    assert f"  signal text: node ns={opcua.ns};s=String: String = 'program 42'" in lines
+    assert f"  signal count: node ns={opcua.ns};s=UInt16: UInt16 = 60000" in lines
+    assert lines[-1] == "config OK, every OPC UA node resolves"
+
+    path = _toml(opcua, tmp_path, {"wear": opcua.node_id("Poll.Wear"), "ghost": opcua.node_id("No.Such")})
+    assert await asyncio.to_thread(main, ["check", "--connect", "--config", str(path)]) == EXIT_FATAL
+    out = capsys.readouterr().out
+    assert f"  signal ghost: node ns={opcua.ns};s=No.Such: BadNodeIdUnknown (the server has no such node" in out
+    assert out.splitlines()[-1] == "config valid, but not every OPC UA node can be read (see above)"
+
+    down = _toml(opcua, tmp_path, {"wear": "i=2258"}).read_text().replace(str(opcua.port), str(free_port()))
+    path.write_text(down)
+    assert await asyncio.to_thread(main, ["check", "--connect", "--config", str(path)]) == EXIT_FATAL
+    assert "cannot connect" in capsys.readouterr().out
+
+
+def test_check_summary_says_how_each_opcua_machine_is_read() -> None:
+    from agent.cli import summary
+
+    secure = OK | {
+        "security_policy": "Aes128Sha256RsaOaep",
+        "security_mode": "Sign",
+        "server_certificate": "/etc/pki/plc.der",
+        "username": "svc",
+        "password_file": "/run/credentials/pw",
+    }
+    cfg = parse_config({"agent": {"state_dir": "/srv/a"}, "machines": [secure, OK | {"id": "p", "mode": "poll"}]})
+    lines = summary(cfg).splitlines()
+    assert (
+        "  subscribe to data changes (sampling and publishing every 1s), security Aes128Sha256RsaOaep Sign "
+        "(client certificate in /srv/a/opcua/m), server certificate /etc/pki/plc.der, "
+        "user svc (password from /run/credentials/pw)"
+    ) in lines
+    assert "  poll: all 1 node(s) in one Read every 1s, no security" in lines

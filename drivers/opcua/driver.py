@@ -243,7 +243,7 @@ class OpcuaDriver:
                 out.append(("BadNodeIdInvalid", None))
                 continue
             dv = next(it)
-            out.append(_status_and_value(dv))
+            out.append(status_and_value(dv))
         return out
 
     def _samples(self, readings: list[tuple[str | None, Any]], now: float) -> list[Sample]:
@@ -276,7 +276,8 @@ class OpcuaDriver:
         return self._samples(readings, time.time())
 
 
-def _status_and_value(dv: ua.DataValue) -> tuple[str | None, Any]:
+def status_and_value(dv: ua.DataValue) -> tuple[str | None, Any]:
+    """(None, value) for a good DataValue, (status name, None) for a Bad or Uncertain one."""
     status = dv.StatusCode
     if status is not None and not status.is_good():
         return status.name, None
@@ -392,7 +393,7 @@ class OpcuaSubscriptionDriver(OpcuaDriver):
                     if i in changed:  # a second change of one signal: send the first one on its own
                         yield self._samples(readings, time.time())
                         changed.clear()
-                    readings[i] = _status_and_value(dv)
+                    readings[i] = status_and_value(dv)
                     changed.add(i)
                 try:
                     item = queue.get_nowait()
