@@ -66,17 +66,32 @@ def summary(cfg: Config) -> str:
     ]
     for m in cfg.machines:
         if isinstance(m, ModbusMachine):
-            where = f"modbus tcp {m.host}:{m.port}" if m.host else f"modbus rtu {m.serial} {m.baudrate} {m.parity}"
+            if m.serial is not None:
+                where = f"modbus rtu {m.serial} {m.baudrate} {m.parity}"
+            else:
+                where = f"modbus {'rtu-over-tcp' if m.framer == 'rtu' else 'tcp'} {m.host}:{m.port}"
             lines.append(
                 f"machine {m.id}: {where} unit {m.unit}, poll every {m.poll_interval:g}s, "
                 f"offline after {m.offline_after:g}s"
             )
+            mates = [o.id for o in cfg.machines if isinstance(o, ModbusMachine) and o.bus == m.bus and o is not m]
+            if mates or m.request_gap:
+                shared = f", shared with {', '.join(mates)} (one request at a time)" if mates else ""
+                gap = f", {m.request_gap * 1000:g}ms quiet after each request" if m.request_gap else ""
+                lines.append(f"  bus {m.bus}{shared}{gap}")
             for s in m.signals:
-                extra = f" bit {s.bit}" if s.bit is not None else ""
-                extra += f" {s.byte_order}" if s.type not in ("bool", "bit", "int16", "uint16") else ""
+                if s.type == "bit":
+                    what = f"bit {s.bit}"
+                elif s.type == "string":
+                    what = f"string of {s.length} register{'s' if s.length != 1 else ''}"
+                else:
+                    what = s.type
+                wide = s.type not in ("bool", "bit", "int16", "uint16", "string")
+                ordered = s.table in ("holding", "input") and (wide or s.byte_order != "ABCD")
+                extra = f" {s.byte_order}" if ordered else ""
                 extra += f" x{s.scale:g}" if s.scale != 1 else ""
                 extra += f" {s.offset:+g}" if s.offset else ""
-                lines.append(f"  signal {s.id}: {s.table} {s.address} {s.type}{extra}")
+                lines.append(f"  signal {s.id}: {s.table} {s.address} {what}{extra}")
             plan = plan_reads(spans_for(m).values(), max_gap=m.max_gap)
             lines.append(f"  each poll makes {len(plan)} read(s):")
             lines += [f"    {req}" for req in plan]

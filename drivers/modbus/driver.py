@@ -40,12 +40,12 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
-from agent.config import ModbusMachine, ModbusSignal, RegisterTable
+from agent.config import ModbusMachine, ModbusSignal
 from agent.errors import ConnectionLost
 from agent.model import Quality, Sample
 from drivers.modbus.bus import Bus
 from drivers.modbus.codec import CodecError, decode, register_count, scaled
-from drivers.modbus.planner import MAX_BITS, MAX_REGISTERS, ReadRequest, Span, excluded, plan_reads, split_request
+from drivers.modbus.planner import MAX_BITS, MAX_REGISTERS, ReadRequest, Span, plan_reads, split_request
 
 log = logging.getLogger("andon.modbus")
 
@@ -128,7 +128,8 @@ class ModbusDriver:
         self._used: dict[str, set[int]] = {}  # addresses some signal needs, per table
         for span in self._spans.values():
             self._used.setdefault(span.table, set()).update(range(span.address, span.address + span.count))
-        self._refused: set[tuple[Any, int]] = set()
+        self._refused_keys: set[str] = set()  # signals whose footprint the device refused
+        self._refused_gaps: set[tuple[Any, int]] = set()  # unused addresses the device refused
         self._limits = {"registers": MAX_REGISTERS, "bits": MAX_BITS}
         self._plan = plan_for(machine)
         self._newly_refused: list[str] = []
@@ -154,7 +155,7 @@ class ModbusDriver:
 
     async def read(self) -> list[Sample]:
         now = time.time()
-        refused = excluded(self._spans.values(), self._refused)  # known before this poll's reads
+        refused = sorted(self._refused_keys)  # known before this poll's reads
         samples = [self._bad(key, now, "the device refuses this address") for key in refused]
         self._newly_refused = []
         unreachable: str | None = None
@@ -213,8 +214,9 @@ class ModbusDriver:
         """Find the addresses the device refuses in ``req`` by reading halves of it."""
         halves = split_request(req, self._spans)
         if not halves:  # one footprint: its addresses are the refused ones
-            self._refuse({(req.table, a) for a in range(req.address, req.address + req.count)})
+            self._refused_keys.update(req.keys)
             self._newly_refused += req.keys
+            self._replan()
             return [self._bad(key, now, _exception_text(ILLEGAL_ADDRESS)) for key in req.keys]
         out: list[Sample] = []
         clean = True
@@ -238,7 +240,8 @@ class ModbusDriver:
                 min(gaps),
                 max(gaps),
             )
-            self._refuse({(req.table, a) for a in gaps})
+            self._refused_gaps |= {(req.table, a) for a in gaps}
+            self._replan()
             return
         kind = "bits" if req.table in _BIT_TABLES else "registers"
         longest = max(h.count for h in halves)
@@ -254,14 +257,23 @@ class ModbusDriver:
             )
             self._replan()
 
-    def _refuse(self, addresses: set[tuple[RegisterTable, int]]) -> None:
-        self._refused |= addresses
-        self._replan()
-
     def _replan(self) -> None:
-        self._plan = plan_for(
-            self.machine,
-            frozenset(self._refused),
+        """Plan the signals not refused, never bridging an address the device refused.
+
+        A refused signal is left out by its key, not by its addresses: only one of its addresses
+        may be refused, and another signal overlapping it may read fine. Its addresses that no
+        planned signal covers are not bridged.
+        """
+        kept = [span for key, span in self._spans.items() if key not in self._refused_keys]
+        covered = {(span.table, a) for span in kept for a in range(span.address, span.address + span.count)}
+        avoid = set(self._refused_gaps)
+        for key in self._refused_keys:
+            span = self._spans[key]
+            avoid |= {(span.table, a) for a in range(span.address, span.address + span.count)} - covered
+        self._plan = plan_reads(
+            kept,
+            max_gap=self.machine.max_gap,
+            refused=avoid,
             max_registers=self._limits["registers"],
             max_bits=self._limits["bits"],
         )

@@ -1,13 +1,16 @@
-"""A simulated Modbus machine (pymodbus server on 127.0.0.1) for the demo, tests and benchmarks."""
+"""Simulated Modbus devices (pymodbus servers on 127.0.0.1) for the demo, tests and benchmarks."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
@@ -21,32 +24,68 @@ class SimulatedMachine:
     inputs ``registers * 16`` bits each. ``port=0`` picks a free port; pass the old port to restart
     a stopped machine on the same port.
 
+    ``units=(1, 2, 3)`` serves several units (each with its own tables) instead of the one ``unit``;
+    ``rtu=True`` speaks RTU frames over TCP, as a serial line behind a transparent gateway would:
+    reach it with a serial client on :attr:`url` (``socket://127.0.0.1:<port>``, pyserial's
+    socket URL) or with a TCP client using the RTU framer.
+
     For fault tests: ``refused`` holds (table, address) pairs the device answers with "illegal data
-    address"; ``exception`` makes it answer every request with that Modbus exception code;
-    ``requests`` counts the requests it received.
+    address"; ``exception`` makes it answer every request with that Modbus exception code, ``script``
+    answers the next requests with its codes, one each, first to last; ``max_count`` refuses (as an
+    illegal data address) any read of more registers or bits than that; ``dead``
+    holds units that never answer (as a dead slave on RS-485); ``requests`` counts the requests
+    received, ``requests_by_unit`` per unit.
     """
 
-    def __init__(self, *, registers: int = 200, unit: int = 1, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        *,
+        registers: int = 200,
+        unit: int = 1,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        units: Iterable[int] | None = None,
+        rtu: bool = False,
+    ) -> None:
         self.registers, self.unit, self.port, self.host = registers, unit, port, host
-        self._server: ModbusTcpServer | None = None
+        self.units = tuple(units) if units is not None else (unit,)
+        self.rtu = rtu
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self.refused: set[tuple[str, int]] = set()
         self.exception: int | None = None
+        self.dead: set[int] = set()
+        self.script: list[int] = []
+        self.max_count: int | None = None
         self.requests = 0
+        self.requests_by_unit: dict[int, int] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
-    async def _action(
-        self, fc: int, start: int, address: int, count: int, registers: Any, values: Any
-    ) -> ExcCodes | None:
-        if self.exception is not None:
-            return ExcCodes(self.exception)
-        table = TABLE_OF_FC.get(fc)
-        if table and any((table, a) in self.refused for a in range(address, address + count)):
-            return ExcCodes.ILLEGAL_ADDRESS
-        return None
+    @property
+    def url(self) -> str:
+        """The pyserial URL of an ``rtu=True`` machine."""
+        return f"socket://{self.host}:{self.port}"
+
+    def _action_for(self, unit: int) -> Any:
+        async def action(fc: int, start: int, address: int, count: int, registers: Any, values: Any) -> ExcCodes | None:
+            if unit in self.dead:
+                raise NoSuchIdException(f"unit {unit} is dead")  # with ignore_missing_devices: no reply
+            if self.script:
+                return ExcCodes(self.script.pop(0))
+            if self.exception is not None:
+                return ExcCodes(self.exception)
+            if self.max_count is not None and count > self.max_count:
+                return ExcCodes.ILLEGAL_ADDRESS
+            table = TABLE_OF_FC.get(fc)
+            if table and any((table, a) in self.refused for a in range(address, address + count)):
+                return ExcCodes.ILLEGAL_ADDRESS
+            return None
+
+        return action
 
     def _trace(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if not sending:
             self.requests += 1
+            self.requests_by_unit[pdu.dev_id] = self.requests_by_unit.get(pdu.dev_id, 0) + 1
             for target, fut in list(self._waiters):
                 if self.requests >= target and not fut.done():
                     fut.set_result(None)
@@ -62,25 +101,37 @@ class SimulatedMachine:
         finally:
             self._waiters.remove(entry)
 
-    def _device(self) -> SimDevice:
+    def _device(self, unit: int) -> SimDevice:
         n = self.registers
-        bits = SimData(0, count=n, values=0, datatype=DataType.BITS)  # n words of 16 bits
-        words = SimData(0, count=n, values=0, datatype=DataType.REGISTERS)
         return SimDevice(
-            id=self.unit,
+            id=unit,
             simdata=(
-                [bits],
+                [SimData(0, count=n, values=0, datatype=DataType.BITS)],  # n words of 16 coils
                 [SimData(0, count=n, values=0, datatype=DataType.BITS)],
-                [words],
+                [SimData(0, count=n, values=0, datatype=DataType.REGISTERS)],
                 [SimData(0, count=n, values=0, datatype=DataType.REGISTERS)],
             ),
-            action=self._action,
+            action=self._action_for(unit),
         )
 
     async def start(self) -> None:
-        self._server = ModbusTcpServer(self._device(), address=(self.host, self.port), trace_pdu=self._trace)
-        await self._server.serve_forever(background=True)
-        transport: Any = self._server.transport
+        devices = [self._device(u) for u in self.units]
+        server: ModbusTcpServer | ModbusSerialServer
+        if self.rtu:
+            server = ModbusSerialServer(
+                devices,
+                port=self.url,
+                framer=FramerType.RTU,
+                ignore_missing_devices=True,
+                trace_pdu=self._trace,
+            )
+        else:
+            server = ModbusTcpServer(
+                devices, address=(self.host, self.port), ignore_missing_devices=True, trace_pdu=self._trace
+            )
+        self._server = server
+        await server.serve_forever(background=True)
+        transport: Any = server.transport
         self.port = transport.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -99,13 +150,15 @@ class SimulatedMachine:
     def running(self) -> bool:
         return self._server is not None
 
-    async def set(self, table: str, address: int, values: list[int] | list[bool]) -> None:
+    async def set(self, table: str, address: int, values: list[int] | list[bool], *, unit: int | None = None) -> None:
         """Write raw registers (or bits) into a table, as the machine's PLC would."""
         if self._server is None:
             raise RuntimeError("simulated machine is stopped")
-        await self._server.async_setValues(self.unit, FC[table], address, list(values))
+        await self._server.async_setValues(self.units[0] if unit is None else unit, FC[table], address, list(values))
 
-    async def get(self, table: str, address: int, count: int = 1) -> list[Any]:
+    async def get(self, table: str, address: int, count: int = 1, *, unit: int | None = None) -> list[Any]:
         if self._server is None:
             raise RuntimeError("simulated machine is stopped")
-        return list(await self._server.async_getValues(self.unit, FC[table], address, count))
+        return list(
+            await self._server.async_getValues(self.units[0] if unit is None else unit, FC[table], address, count)
+        )
