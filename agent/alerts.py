@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
-from agent.outbox import AsyncOutbox
+from agent.outbox import AsyncOutbox, DropReport
 
 log = logging.getLogger("andon.alerts")
 
+DROPPED_TYPE = "andon.outbox.dropped"
 EVENT_TYPES = {
     TransitionKind.RAISED: "andon.alert.raised",
     TransitionKind.UPDATED: "andon.alert.updated",
@@ -65,6 +67,38 @@ def cloudevent(t: Transition, *, seq: int, event_id: str, gateway: str, site: st
         "time": rfc3339(t.time),
         "datacontenttype": "application/json",
         "data": data,
+    }
+
+
+def dropped_notice(
+    report: DropReport, *, seq: int, event_id: str, gateway: str, site: str | None, now: float
+) -> dict[str, Any]:
+    """The CloudEvent that tells the upstream how many events the full outbox dropped (README)."""
+    message = (
+        f"the outbox of gateway {gateway} was full and dropped {report.count} event(s) "
+        f"(seq {report.first_seq}..{report.last_seq}, {report.critical} critical) since {rfc3339(report.since)}; "
+        "check the gateway's uplink"
+    )
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": f"/andon/{gateway}",
+        "type": DROPPED_TYPE,
+        "subject": f"{gateway}/outbox",
+        "time": rfc3339(now),
+        "datacontenttype": "application/json",
+        "data": {
+            "dropped": report.count,
+            "dropped_critical": report.critical,
+            "first_seq": report.first_seq,
+            "last_seq": report.last_seq,
+            "since": rfc3339(report.since),
+            "severity": "warning",
+            "message": message,
+            "seq": seq,
+            "gateway": gateway,
+            "site": site,
+        },
     }
 
 
@@ -120,6 +154,30 @@ class AlertLog:
         self._last_seq = await self._outbox.call(self._outbox.sync.last_seq)
         stored = await self._outbox.call(self._outbox.sync.alerts)
         self.active = {k: ActiveAlert.from_json(k, v) for k, v in stored.items()}
+
+    async def report_drops(self) -> StoredEvent | None:
+        """Commit one ``andon.outbox.dropped`` event for the drops not yet reported (if any).
+
+        The event takes the next ``seq`` like any other and is kept like a critical event (dropped
+        last). Committing it marks those drops reported in the same transaction, so a crash neither
+        loses the report nor sends it twice (other than as a batch in flight).
+        """
+        async with self._lock:
+            report = await self._outbox.call(self._outbox.sync.drop_report)
+            if report is None:
+                return None
+            seq = self._last_seq + 1
+            event_id = str(uuid.uuid4())
+            body = dropped_notice(
+                report, seq=seq, event_id=event_id, gateway=self._gateway, site=self._site, now=time.time()
+            )
+            event = StoredEvent(seq, event_id, Severity.CRITICAL, json.dumps(body, separators=(",", ":")).encode())
+            await self._outbox.call(self._outbox.sync.append, [event], {}, report.count)
+            self._last_seq = seq
+        log.warning("event seq=%d %s: %s", seq, DROPPED_TYPE, body["data"]["message"])
+        for wake in self._on_commit:
+            wake()
+        return event
 
     async def commit(self, transitions: Sequence[Transition]) -> list[StoredEvent]:
         """Commit the transitions' events and alert state in one synced transaction.

@@ -184,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="a simulated machine, the agent and a local receiver, alerts shown live")
     demo.add_argument("--speed", type=float, default=1.0, help="run the simulated machine this many times faster")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    from agent.outbox_cli import add_outbox_parser, run_outbox
+
+    add_outbox_parser(sub)
     args = parser.parse_args(argv)
 
     from agent.logs import setup_logging
@@ -207,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_connect(cfg)
         print("config OK")
         return EXIT_OK
+    if args.command == "outbox":
+        return run_outbox(args, cfg)
     try:
         asyncio.run(_run(cfg, path))
     except ConfigError as exc:  # e.g. a token variable that is not set

@@ -413,9 +413,27 @@ class StatusSection(_Strict):
     listen: str | None = "127.0.0.1:9108"  # "host:port"; empty string or null turns it off
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "kB": 1000, "KB": 1000, "KiB": 1024}
+_SIZE_UNITS |= {"MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
+
+
 class OutboxSection(_Strict):
-    max_events: int = Field(default=100_000, ge=100)
-    batch_size: int = Field(default=500, ge=1, le=10_000)
+    max_events: int = Field(default=100_000, ge=100)  # queued events; when full the oldest non-critical go
+    max_bytes: int = Field(default=64 * 2**20, ge=2**20)  # queued event bodies ("64MiB", "500MB" or bytes)
+    max_dead_letters: int = Field(default=10_000, ge=1)  # the oldest dead letters go beyond this
+    batch_size: int = Field(default=500, ge=1, le=10_000)  # events per request (halved after a 413)
+    linger: Duration = Field(default=0.05, le=60)  # a partial batch waits this long after the last request
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _parse_size(cls, value: object) -> object:
+        if isinstance(value, str):
+            m = _SIZE.match(value)
+            if not m:
+                raise ValueError(f'not a size: {value!r} (use e.g. "64MiB", "500MB" or a number of bytes)')
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+        return value
 
 
 class HttpSink(_Strict):

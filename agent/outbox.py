@@ -9,9 +9,28 @@ below every sink's cursor are deleted. ``seq`` comes from a counter kept in the 
 file starts it at the current time in milliseconds so it keeps increasing even if a damaged file
 had to be set aside.
 
+Bounds. The queue holds at most ``max_events`` events and ``max_bytes`` bytes of event bodies; a
+commit that would pass either drops the oldest non-critical events first (critical ones only when
+nothing else is left), in the same transaction. Drops are counted (in total, and "not yet reported"
+with their ``seq`` range) so the agent can tell the upstream once the link is back
+(:meth:`drop_report`, reported by ``append(..., reported_drops=n)``). Dead letters are capped at
+``max_dead_letters`` (the oldest go first).
+
+The file does not grow without bound: deleted rows leave free pages that SQLite reuses for new
+rows (so the file never grows past its high-water mark, which the bounds limit); a new file uses
+``auto_vacuum=INCREMENTAL`` and, after the queue drains, gives a large free list back to the
+filesystem. The WAL is checkpointed automatically every ``wal_autocheckpoint`` pages, truncated to
+``journal_size_limit`` after a checkpoint, and checkpointed with TRUNCATE after a drain when it
+grew large (a reader such as ``andon-agent outbox`` can hold a checkpoint back for a while).
+
+A full disk (``SQLITE_FULL``: ENOSPC, or ``max_page_count``) makes writes raise
+:class:`~agent.errors.OutboxError`; it is logged once, and the next write that succeeds logs the
+recovery. Nothing is half-written: the transaction is rolled back.
+
 The class is synchronous and not thread-safe; :class:`AsyncOutbox` runs it on one worker thread so
 the event loop never waits for a disk sync. Caller guarantees for :class:`Outbox`: calls are not
-concurrent (``AsyncOutbox`` serialises them).
+concurrent (``AsyncOutbox`` serialises them). :meth:`Outbox.stats` and the plain counters are the
+exception: they read values kept in memory and may be called from any thread.
 """
 
 from __future__ import annotations
@@ -20,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,6 +52,15 @@ from agent.errors import OutboxError
 from agent.model import Severity, StoredEvent
 
 log = logging.getLogger("andon.outbox")
+
+DEFAULT_MAX_EVENTS = 100_000
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # event bodies; see README "Outbox and delivery" for why
+DEFAULT_MAX_DEAD_LETTERS = 10_000
+WAL_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default, set explicitly: about 4 MB of WAL
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is cut back to this after a checkpoint
+WAL_TRUNCATE_AFTER_DRAIN = 1024 * 1024  # a WAL larger than this is checkpointed (TRUNCATE) after a drain
+VACUUM_MIN_FREE_PAGES = 256  # after a drain, give free pages back when more than this (and > 1/4 of the file)
+_CRITICAL = int(Severity.CRITICAL)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -54,24 +83,63 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
+# meta keys: the seq counter, the drop tally, and the drops not yet reported upstream
+_META_DEFAULTS = ("dropped", "drop_n", "drop_first", "drop_last", "drop_since", "drop_critical")
+
+
+@dataclass(frozen=True, slots=True)
+class DropReport:
+    """Events dropped (the outbox was full) and not yet reported upstream."""
+
+    count: int
+    first_seq: int  # the oldest and newest seq among them
+    last_seq: int
+    since: float  # wall clock of the first of these drops
+    critical: int  # how many of them were critical
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
+    """A snapshot of the outbox's counters (for metrics); reading it never touches the file."""
+
     events: int
-    dropped: int
+    bytes: int  # sum of the queued events' bodies
+    max_events: int
+    max_bytes: int
+    dropped: int  # in total, since the file was created
+    dropped_unreported: int  # dropped and not yet reported upstream
     dead_letters: int
     oldest_seq: int | None
+    disk_full: bool  # the last write failed because the disk (or file) is full
+    write_errors: int  # writes refused since start (disk full, I/O errors)
+    file_bytes: int  # the database file and its WAL on disk
 
 
 class Outbox:
     """Synchronous outbox on one SQLite file. See the module docstring for guarantees."""
 
-    def __init__(self, path: Path, *, max_events: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS,
+    ) -> None:
         self.path = path
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_dead_letters = max_dead_letters
         self._db: sqlite3.Connection | None = None
         self._count = 0
+        self._bytes = 0
+        self._dead = 0
+        self._oldest: int | None = None
+        self._dropped = 0
+        self.unreported_drops = 0  # read by the delivery loop (any thread): a plain int
         self._full_logged = False
+        self._disk_full = False
+        self._write_errors = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -84,28 +152,40 @@ class Outbox:
             raise OutboxError(f"outbox {self.path}: cannot open: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             aside = self._set_aside()
-            log.error("outbox %s is damaged (%s): moved it to %s and started a fresh one", self.path, exc, aside)
-            self._db = self._connect()
-        self._count = self._scalar("SELECT COUNT(*) FROM events")
+            log.error(
+                "OUTBOX DAMAGED: %s could not be read (%s); moved it to %s for a post-mortem and started an "
+                "empty outbox. Events that were waiting in it are not delivered.",
+                self.path,
+                exc,
+                aside,
+            )
+            try:
+                self._db = self._connect()
+            except sqlite3.Error as again:
+                raise OutboxError(f"outbox {self.path}: cannot create a fresh outbox: {again}") from again
+        self._recount()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect only on a new, empty file
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("integrity check failed")
             db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', ?)", (int(time.time() * 1000),))
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0)")
+            db.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, 0)", [(k,) for k in _META_DEFAULTS])
         except sqlite3.DatabaseError:
             db.close()
             raise
         return db
 
     def _set_aside(self) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
         n = 1
         while aside.exists():  # never overwrite an earlier damaged file
@@ -119,6 +199,8 @@ class Outbox:
 
     def close(self) -> None:
         if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):  # a clean stop leaves no WAL behind
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
             self._db = None
 
@@ -134,6 +216,18 @@ class Outbox:
         row = self.db.execute(sql, args).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
+    def _meta(self, key: str) -> int:
+        return self._scalar("SELECT value FROM meta WHERE key = ?", (key,))
+
+    def _recount(self) -> None:
+        """Read the counters kept in memory back from the file (at open, and after a failed write)."""
+        db = self.db
+        self._count, self._bytes = db.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM events").fetchone()
+        self._oldest = db.execute("SELECT min(seq) FROM events").fetchone()[0]
+        self._dead = self._scalar("SELECT count(*) FROM dead_letters")
+        self._dropped = self._meta("dropped")
+        self.unreported_drops = self._meta("drop_n")
+
     def _transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
         db = self.db
         try:
@@ -146,23 +240,48 @@ class Outbox:
                     db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
+            self._write_errors += 1
             with contextlib.suppress(sqlite3.Error):  # the work may have counted rows it then rolled back
-                self._count = self._scalar("SELECT COUNT(*) FROM events")
+                self._recount()
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                if not self._disk_full:
+                    self._disk_full = True
+                    log.error(
+                        "outbox %s: the disk is full (%s): new events cannot be committed and wait in the "
+                        "machines' rule state (tried again on every poll); delivery goes on; writing resumes "
+                        "by itself when there is space again",
+                        self.path,
+                        exc,
+                    )
+                raise OutboxError(f"outbox {self.path}: disk full: {exc}") from exc
             raise OutboxError(f"outbox {self.path}: {exc}") from exc
+        if self._disk_full:
+            self._disk_full = False
+            log.info("outbox %s: writing again (the disk has space)", self.path)
 
     # -- writing ---------------------------------------------------------------------------
 
     def last_seq(self) -> int:
-        return self._scalar("SELECT value FROM meta WHERE key = 'last_seq'")
+        return self._meta("last_seq")
 
-    def append(self, events: Sequence[StoredEvent], alerts: Mapping[str, dict[str, Any] | None]) -> None:
+    def append(
+        self,
+        events: Sequence[StoredEvent],
+        alerts: Mapping[str, dict[str, Any] | None],
+        reported_drops: int = 0,
+    ) -> None:
         """Commit events and alert state in one synced transaction.
 
         ``alerts`` maps an alert key to its new state (None deletes it). The events' ``seq`` must be
-        above :meth:`last_seq` and increasing. When the outbox is over ``max_events``, the oldest
-        non-critical events are dropped first.
+        above :meth:`last_seq` and increasing. When the outbox would pass ``max_events`` or
+        ``max_bytes``, the oldest non-critical events are dropped first. ``reported_drops``: these
+        events report that many drops upstream (see :meth:`drop_report`), so they no longer count as
+        unreported.
         """
-        overflow = max(0, self._count + len(events) - self.max_events)
+        size = sum(len(e.body) for e in events)
+        excess_n = self._count + len(events) - self.max_events
+        excess_b = self._bytes + size - self.max_bytes
+        dropped: list[tuple[int, int, int]] = []
 
         def work(db: sqlite3.Connection) -> None:
             db.executemany(
@@ -176,25 +295,85 @@ class Outbox:
                     db.execute("DELETE FROM alerts WHERE key = ?", (key,))
                 else:
                     db.execute("INSERT OR REPLACE INTO alerts (key, state) VALUES (?, ?)", (key, json.dumps(state)))
-            if overflow:
-                self._drop_oldest(db, overflow)
+            if reported_drops:
+                self._mark_reported(db, reported_drops)
+            if excess_n > 0 or excess_b > 0:
+                dropped.extend(self._drop_oldest(db, excess_n, excess_b))
 
         self._transaction(work)
-        self._count += len(events) - overflow
+        self._count += len(events) - len(dropped)
+        self._bytes += size - sum(d[2] for d in dropped)
+        if events and self._oldest is None:
+            self._oldest = events[0].seq
+        if dropped or reported_drops:
+            self._dropped = self._meta("dropped")
+            self.unreported_drops = self._meta("drop_n")
+            self._oldest = self.db.execute("SELECT min(seq) FROM events").fetchone()[0]
 
-    def _drop_oldest(self, db: sqlite3.Connection, n: int) -> None:
-        for where in (f"severity < {int(Severity.CRITICAL)}", "1"):
-            got = db.execute(
-                f"DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE {where} ORDER BY seq LIMIT ?)",
-                (n,),
-            ).rowcount
-            n -= got
-            db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (got,))
-            if n <= 0:
-                break
+    def _mark_reported(self, db: sqlite3.Connection, n: int) -> None:
+        db.execute("UPDATE meta SET value = max(0, value - ?) WHERE key = 'drop_n'", (n,))
+        if self._scalar("SELECT value FROM meta WHERE key = 'drop_n'") == 0:
+            db.execute(
+                "UPDATE meta SET value = 0 WHERE key IN ('drop_first', 'drop_last', 'drop_since', 'drop_critical')"
+            )
+        self._full_logged = False  # a new episode of drops is logged again
+
+    def _drop_oldest(self, db: sqlite3.Connection, excess_n: int, excess_b: int) -> list[tuple[int, int, int]]:
+        """Delete the oldest events, non-critical first, until both bounds hold. Returns (seq, severity, size)."""
+        victims: list[tuple[int, int, int]] = []
+        freed_n = freed_b = 0
+        for where in (f"severity < {_CRITICAL}", f"severity >= {_CRITICAL}"):
+            after = -1
+            while freed_n < excess_n or freed_b < excess_b:
+                rows = db.execute(
+                    f"SELECT seq, severity, length(body) FROM events WHERE {where} AND seq > ? ORDER BY seq LIMIT ?",
+                    (after, max(64, excess_n - freed_n)),
+                ).fetchall()
+                if not rows:
+                    break
+                for seq, severity, size in rows:
+                    victims.append((seq, severity, size))
+                    freed_n += 1
+                    freed_b += size
+                    after = seq
+                    if freed_n >= excess_n and freed_b >= excess_b:
+                        break
+        if not victims:
+            return victims
+        db.executemany("DELETE FROM events WHERE seq = ?", [(v[0],) for v in victims])
+        n, critical = len(victims), sum(1 for v in victims if v[1] >= _CRITICAL)
+        first, last = min(v[0] for v in victims), max(v[0] for v in victims)
+        db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (n,))
+        if self._scalar("SELECT value FROM meta WHERE key = 'drop_n'") == 0:
+            db.execute("UPDATE meta SET value = ? WHERE key = 'drop_since'", (int(time.time() * 1000),))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'drop_first'", (first,))
+        else:
+            db.execute("UPDATE meta SET value = min(value, ?) WHERE key = 'drop_first'", (first,))
+        db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'drop_last'", (last,))
+        db.execute("UPDATE meta SET value = value + ? WHERE key = 'drop_n'", (n,))
+        db.execute("UPDATE meta SET value = value + ? WHERE key = 'drop_critical'", (critical,))
         if not self._full_logged:
             self._full_logged = True
-            log.error("outbox is full (%d events): dropping the oldest non-critical events", self.max_events)
+            log.error(
+                "outbox is full (limits: %d events, %d bytes): dropping the oldest non-critical events; "
+                "the upstream is told how many once it accepts events again",
+                self.max_events,
+                self.max_bytes,
+            )
+        return victims
+
+    def drop_report(self) -> DropReport | None:
+        """The drops not yet reported upstream, or None."""
+        values = dict(self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'drop_%'").fetchall())
+        if not values.get("drop_n"):
+            return None
+        return DropReport(
+            count=values["drop_n"],
+            first_seq=values["drop_first"],
+            last_seq=values["drop_last"],
+            since=values["drop_since"] / 1000,
+            critical=values["drop_critical"],
+        )
 
     # -- reading and settling ----------------------------------------------------------------
 
@@ -213,6 +392,7 @@ class Outbox:
             self._delete_settled(db)
 
         self._transaction(work)
+        self._recount()
 
     def pending(self, sink: str, limit: int) -> list[StoredEvent]:
         """The oldest events the sink has not settled yet, in ``seq`` order."""
@@ -231,28 +411,83 @@ class Outbox:
     def settle(self, sink: str, up_to: int, rejected: Sequence[tuple[StoredEvent, str]] = ()) -> None:
         """Mark every event up to ``up_to`` as done for ``sink``; ``rejected`` ones go to dead letters."""
         now = time.time()
+        freed: list[int] = []
 
         def work(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "INSERT OR REPLACE INTO dead_letters (sink, seq, id, body, reason, time) VALUES (?, ?, ?, ?, ?, ?)",
-                [(sink, e.seq, e.id, e.body, reason, now) for e, reason in rejected],
-            )
+            if rejected:
+                db.executemany(
+                    "INSERT OR REPLACE INTO dead_letters (sink, seq, id, body, reason, time) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(sink, e.seq, e.id, e.body, reason, now) for e, reason in rejected],
+                )
+                self._cap_dead_letters(db)
             db.execute("UPDATE cursors SET seq = max(seq, ?) WHERE sink = ?", (up_to, sink))
-            self._delete_settled(db)
+            freed.extend(self._delete_settled(db))
 
         self._transaction(work)
+        self._dead = self._scalar("SELECT count(*) FROM dead_letters")  # `andon-agent outbox` may change them
+        if freed:
+            self._count -= len(freed)
+            self._bytes -= sum(freed)
+            self._oldest = self.db.execute("SELECT min(seq) FROM events").fetchone()[0]
+            if self._count == 0:
+                self._after_drain()
 
-    def _delete_settled(self, db: sqlite3.Connection) -> None:
+    def _cap_dead_letters(self, db: sqlite3.Connection) -> None:
+        over = self._scalar("SELECT count(*) FROM dead_letters") - self.max_dead_letters
+        if over > 0:
+            db.execute(
+                "DELETE FROM dead_letters WHERE rowid IN (SELECT rowid FROM dead_letters ORDER BY time, seq LIMIT ?)",
+                (over,),
+            )
+            log.warning("outbox: more than %d dead letters; the %d oldest were deleted", self.max_dead_letters, over)
+
+    def _delete_settled(self, db: sqlite3.Connection) -> list[int]:
+        """Delete events every sink has settled; returns their body sizes."""
         low = db.execute("SELECT min(seq) FROM cursors").fetchone()[0]
-        if low is not None:
-            self._count -= db.execute("DELETE FROM events WHERE seq <= ?", (low,)).rowcount
+        if low is None:
+            return []
+        return [row[0] for row in db.execute("DELETE FROM events WHERE seq <= ? RETURNING length(body)", (low,))]
+
+    def _after_drain(self) -> None:
+        """The queue is empty: keep the WAL and the file small (best effort, never raises)."""
+        try:
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > WAL_TRUNCATE_AFTER_DRAIN:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            free = self._scalar("PRAGMA freelist_count")
+            if (
+                self._scalar("PRAGMA auto_vacuum") == 2
+                and free > VACUUM_MIN_FREE_PAGES
+                and free * 4 > self._scalar("PRAGMA page_count")
+            ):
+                self.db.execute("PRAGMA incremental_vacuum").fetchall()
+                log.debug("outbox: gave %d free pages back to the filesystem", free)
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("outbox: maintenance after drain skipped: %s", exc)
+
+    def checkpoint(self) -> None:
+        """Checkpoint the WAL into the file and truncate it (best effort)."""
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def stats(self) -> OutboxStats:
+        """The counters, from memory (safe from any thread, never waits for the disk)."""
+        size = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                size += os.stat(f"{self.path}{suffix}").st_size
         return OutboxStats(
             events=self._count,
-            dropped=self._scalar("SELECT value FROM meta WHERE key = 'dropped'"),
-            dead_letters=self._scalar("SELECT COUNT(*) FROM dead_letters"),
-            oldest_seq=self.db.execute("SELECT min(seq) FROM events").fetchone()[0],
+            bytes=self._bytes,
+            max_events=self.max_events,
+            max_bytes=self.max_bytes,
+            dropped=self._dropped,
+            dropped_unreported=self.unreported_drops,
+            dead_letters=self._dead,
+            oldest_seq=self._oldest,
+            disk_full=self._disk_full,
+            write_errors=self._write_errors,
+            file_bytes=size,
         )
 
 

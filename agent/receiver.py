@@ -53,6 +53,7 @@ class Receiver:
         self.changed = asyncio.Condition()
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -74,6 +75,8 @@ class Receiver:
             self._server.close()
             for w in list(self._conns):
                 w.close()
+            for task in list(self._handlers):  # e.g. a reply that hangs on purpose
+                task.cancel()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
@@ -85,6 +88,9 @@ class Receiver:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
@@ -102,8 +108,12 @@ class Receiver:
                 conn.start_next_cycle()
         except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:  # stopped: end the connection quietly (3.11 logs a cancelled handler)
+            return
         finally:
             self._conns.discard(writer)
+            if task is not None:
+                self._handlers.discard(task)
             writer.close()
 
     @staticmethod

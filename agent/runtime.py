@@ -432,7 +432,14 @@ class Agent:
     # -- building blocks ----------------------------------------------------------------------
 
     def _make_outbox(self, cfg: Config) -> AsyncOutbox:
-        return AsyncOutbox(Outbox(cfg.agent.state_dir / "outbox.db", max_events=cfg.outbox.max_events))
+        return AsyncOutbox(
+            Outbox(
+                cfg.agent.state_dir / "outbox.db",
+                max_events=cfg.outbox.max_events,
+                max_bytes=cfg.outbox.max_bytes,
+                max_dead_letters=cfg.outbox.max_dead_letters,
+            )
+        )
 
     def _wake_deliveries(self) -> None:
         for running in self._sinks.values():
@@ -446,6 +453,8 @@ class Agent:
             self.outbox,
             batch_size=self.cfg.outbox.batch_size,
             retry_max=sink_cfg.retry_max,
+            linger=self.cfg.outbox.linger,
+            report_drops=self.alerts.report_drops if self.alerts is not None else None,
         )
         task = self._tg.create_task(delivery.run(), name=f"sink:{sink_cfg.id}")
         self._sinks[sink_cfg.id] = _RunningSink(sink_cfg, token, delivery, client, task)

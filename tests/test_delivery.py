@@ -448,7 +448,8 @@ async def test_hanging_upstream_times_out_and_is_retried(outbox: WatchedOutbox, 
         delivering(delivery),
     ):
         await watch.until(lambda: delivery.delivered == 6)
-        assert [str(f) for f in probe.failures] == ["timeout (ReadTimeout)"]
+        assert [str(f).split(" (")[0] for f in probe.failures] == ["timeout"]
+        assert delivery.batch_size == 2  # a whole batch timed out: maybe too large for a slow link
         # the hung request finally "succeeds" on the receiver's side: only that batch arrives twice
         await r.wait_for(lambda got: len(got) == 6 + len(first), within=3)
     got = ids(r.events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import time
@@ -13,6 +14,7 @@ import httpx
 from agent.config import HttpSink as HttpSinkConfig
 from agent.errors import ConfigError, Rejected, RetryLater
 from agent.model import StoredEvent
+from agent.sinks import SendTimeout
 
 CONTENT_TYPE = "application/cloudevents-batch+json"
 MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is taken as an hour
@@ -93,6 +95,7 @@ class HttpSink:
     def __init__(self, cfg: HttpSinkConfig, client: httpx.AsyncClient, token: str | None) -> None:
         self.id = cfg.id
         self.url = cfg.url
+        self.timeout = cfg.timeout  # the whole request, not just each read: a slow drip cannot hang it
         self._client = client
         self._headers = {"Content-Type": CONTENT_TYPE, "User-Agent": "andon-agent"}
         if token:
@@ -104,9 +107,12 @@ class HttpSink:
     async def send(self, events: Sequence[StoredEvent]) -> None:
         body = b"[" + b",".join(e.body for e in events) + b"]"
         try:
-            response = await self._client.post(self.url, content=body, headers=self._headers)
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.post(self.url, content=body, headers=self._headers)
         except httpx.TimeoutException as exc:
-            raise RetryLater(f"timeout ({type(exc).__name__})") from exc
+            raise SendTimeout(f"timeout ({type(exc).__name__})") from exc
+        except TimeoutError as exc:
+            raise SendTimeout(f"timeout (no answer within {self.timeout:g}s)") from exc
         except httpx.HTTPError as exc:  # connection, protocol and decoding errors alike
             raise RetryLater(f"{type(exc).__name__}: {exc or 'connection failed'}") from exc
         classify(response.status_code, response.headers, time.time())

@@ -1,0 +1,268 @@
+"""Fault injection against a real SQLite file and a real HTTP receiver, the writer in a subprocess.
+
+The writer (``tests/outbox_writer.py agent``) is the agent's real path: AlertLog -> AsyncOutbox
+(SQLite, WAL, synchronous=FULL) -> Delivery -> HttpSink. The receiver runs in the test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.receiver import Batch, Receiver, Reply
+
+ROOT = Path(__file__).resolve().parent.parent
+KILLS_PER_CHAIN = 5
+CHAINS = 4  # 4 x 5 = 20 SIGKILLs, each at a point chosen by its own seed
+BATCH = 16
+
+
+@dataclass
+class Writer:
+    """One run of the writer subprocess; ``committed`` holds the seqs it reported committed."""
+
+    proc: asyncio.subprocess.Process
+    start: int = 0
+    committed: list[int] = field(default_factory=list)
+    drained: dict[str, Any] | None = None
+
+    @classmethod
+    async def spawn(cls, path: Path, seed: int, url: str, *extra: str) -> Writer:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.outbox_writer",
+            "agent",
+            str(path),
+            str(seed),
+            url,
+            *extra,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        w = cls(proc)
+        line = await w._line()
+        assert line.startswith("start "), line
+        w.start = int(line.split()[1])
+        return w
+
+    async def _line(self) -> str:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        raw = await self.proc.stdout.readline()
+        if not raw:
+            err = (await self.proc.stderr.read()).decode()
+            raise AssertionError(f"writer exited ({await self.proc.wait()}):\n{err}")
+        return raw.decode().strip()
+
+    async def read_until(self, committed: int) -> None:
+        while len(self.committed) < committed:
+            self.take(await self._line())
+
+    def take(self, line: str) -> None:
+        if line.startswith("c "):
+            self.committed.append(int(line[2:]))
+        elif line.startswith("drained "):
+            self.drained = json.loads(line[len("drained ") :])
+
+    async def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.stdout is not None
+        for raw in (await self.proc.stdout.read()).decode().splitlines():  # lines written before the kill
+            self.take(raw.strip())
+        assert await self.proc.wait() == -signal.SIGKILL
+
+    async def finish(self, within: float = 60.0) -> None:
+        async with asyncio.timeout(within):
+            while self.drained is None:
+                self.take(await self._line())
+            assert await self.proc.wait() == 0
+
+
+def outbox_rows(path: Path, table: str = "events") -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def damaged(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.glob("outbox.db.damaged-*"))
+
+
+def spoil(path: Path, damage: str) -> None:
+    size = path.stat().st_size
+    if damage == "garbage":
+        path.write_bytes(random.Random(3).randbytes(size))
+    elif damage == "truncated":
+        with path.open("r+b") as f:
+            f.truncate(size // 3)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:  # a WAL that is not one: SQLite ignores frames whose checksums fail
+        Path(f"{path}-wal").write_bytes(random.Random(4).randbytes(64 * 1024))
+
+
+def check_cloudevent(e: dict[str, Any]) -> None:
+    assert e["specversion"] == "1.0" and e["source"] == "/andon/gw-faults"
+    assert e["type"].startswith("andon.") and e["id"] and e["time"].endswith("Z")
+    assert isinstance(e["data"]["seq"], int)
+
+
+# -- SIGKILL at random points during a burst ---------------------------------------------------
+
+
+@pytest.mark.parametrize("chain", range(CHAINS))
+async def test_sigkill_during_a_burst_loses_nothing_and_leaves_no_gap(tmp_path: Path, chain: int) -> None:
+    rng = random.Random(1000 + chain)
+
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        roll = rng.random()  # a busy, slightly flaky upstream, so kills land mid-request too
+        if roll < 0.05:
+            return Reply(503)
+        return Reply(200, delay=rng.choice([0.0, 0.0, 0.002, 0.01]))
+
+    path = tmp_path / "outbox.db"
+    runs: list[Writer] = []
+    async with Receiver(respond) as r:
+        for k in range(KILLS_PER_CHAIN):
+            seed = chain * KILLS_PER_CHAIN + k
+            w = await Writer.spawn(path, seed, r.url, "--batch", str(BATCH))
+            if runs:  # seq keeps increasing across the crash
+                assert w.start >= max(runs[-1].committed, default=runs[-1].start)
+            kill_rng = random.Random(seed)
+            if kill_rng.random() < 0.3:
+                await asyncio.sleep(kill_rng.uniform(0, 0.05))  # a random moment, maybe before any commit
+            else:
+                await w.read_until(kill_rng.randint(1, 300))  # after a random number of commits
+            await w.kill()
+            runs.append(w)
+        last = await Writer.spawn(path, 999, r.url, "--count", "0", "--batch", str(BATCH))
+        await last.finish()
+        assert last.start >= max(runs[-1].committed, default=runs[-1].start)
+
+    committed = [s for w in runs for s in w.committed]
+    assert committed == sorted(committed) and len(set(committed)) == len(committed)
+    got = [e["data"]["seq"] for e in r.events]
+    unique = sorted(set(got))
+    assert set(committed) <= set(unique), "an event reported committed never arrived"
+    first = runs[0].start + 1
+    if unique:
+        assert unique == list(range(first, unique[-1] + 1)), "a gap in seq"
+        assert unique[-1] == last.start  # everything committed in the file arrived
+    # First arrivals come in seq order; repeats are batches in flight at a kill, same id and body.
+    assert list(dict.fromkeys(got)) == unique
+    by_seq: dict[int, dict[str, Any]] = {}
+    for e in r.events:
+        check_cloudevent(e)
+        assert by_seq.setdefault(e["data"]["seq"], e) == e
+    repeats = sum(n - 1 for n in Counter(got).values())
+    assert repeats <= KILLS_PER_CHAIN * BATCH
+    assert outbox_rows(path) == 0
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert damaged(tmp_path) == []
+
+
+# -- a receiver that refuses, shrinks, defers or hangs -----------------------------------------
+
+
+async def run_writer(url: str, tmp_path: Path, count: int, *extra: str) -> Writer:
+    w = await Writer.spawn(tmp_path / "outbox.db", 7, url, "--count", str(count), *extra)
+    await w.finish()
+    assert len(w.committed) == count
+    return w
+
+
+def ns(events: list[dict[str, Any]]) -> list[int]:
+    return [e["data"]["n"] for e in events]
+
+
+async def test_one_refused_event_is_set_aside_and_the_others_arrive(tmp_path: Path) -> None:
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        return Reply(400) if 17 in ns(batch) else Reply(200)
+
+    async with Receiver(respond) as r:
+        w = await run_writer(r.url, tmp_path, 60, "--batch", "8")
+    assert ns(r.events) == [n for n in range(60) if n != 17]
+    assert w.drained is not None and w.drained["delivery"]["rejected"] == 1
+    with sqlite3.connect(tmp_path / "outbox.db") as db:
+        (row,) = db.execute("SELECT seq, reason, body FROM dead_letters").fetchall()
+    assert row[1] == "HTTP 400" and json.loads(row[2])["data"]["n"] == 17
+
+
+async def test_413_halves_the_batch_size_and_nothing_is_lost(tmp_path: Path) -> None:
+    sizes: list[int] = []
+
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        sizes.append(len(batch))
+        return Reply(413) if len(batch) > 5 else Reply(200)
+
+    async with Receiver(respond) as r:
+        w = await run_writer(r.url, tmp_path, 80, "--batch", "16", "--hold")
+    assert ns(r.events) == list(range(80))  # each once, in order: a 413 sets nothing aside
+    assert w.drained is not None
+    assert w.drained["delivery"]["rejected"] == 0 and w.drained["outbox"]["dead_letters"] == 0
+    assert w.drained["delivery"]["batch_size"] <= 8  # halved from 16 (and maybe grown back once)
+    assert max(sizes) == 16 and sizes.count(16) <= 2  # once the size was halved, 16 came back rarely
+
+
+async def test_503_with_retry_after_is_honoured(tmp_path: Path) -> None:
+    times: list[float] = []
+
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        times.append(time.monotonic())
+        return Reply(503, {"Retry-After": "1"}) if len(times) == 2 else Reply(200)
+
+    async with Receiver(respond) as r:
+        await run_writer(r.url, tmp_path, 30, "--batch", "8")
+    assert ns(r.events) == list(range(30))
+    assert times[2] - times[1] >= 0.9  # not the 0.2 s backoff cap
+
+
+async def test_a_hanging_receiver_times_out_and_nothing_is_lost(tmp_path: Path) -> None:
+    requests = 0
+
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        nonlocal requests
+        requests += 1
+        return Reply(200, delay=30) if requests in (2, 3) else Reply(200)  # hangs far beyond the timeout
+
+    async with Receiver(respond) as r:
+        started = time.monotonic()
+        w = await run_writer(r.url, tmp_path, 40, "--batch", "8", "--timeout", "300ms")
+        took = time.monotonic() - started
+    assert sorted(set(ns(r.events))) == list(range(40))
+    assert ns(r.events) == sorted(ns(r.events))  # the hung requests never "arrived"
+    assert w.drained is not None and w.drained["delivery"]["failures"] >= 2
+    assert took < 15
+
+
+# -- a damaged outbox at start -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "garbage-wal", "empty"])
+async def test_writer_starts_on_a_damaged_outbox(tmp_path: Path, damage: str, receiver: Receiver) -> None:
+    path = tmp_path / "outbox.db"
+    before = await run_writer(receiver.url, tmp_path, 200, "--batch", "50")  # a real file with some history
+    receiver.events.clear()
+    spoil(path, damage)
+    w = await run_writer(receiver.url, tmp_path, 20)
+    assert ns(receiver.events) == list(range(20))  # it runs and delivers
+    aside = damaged(tmp_path)
+    if damage in ("garbage", "truncated"):
+        assert [p for p in aside if not p.endswith(("-wal", "-shm"))], "the damaged file was not kept"
+    else:
+        assert not aside  # nothing damaged in what was committed: the same file goes on
+    assert w.committed[0] > before.committed[-1]  # seq keeps increasing, even on a fresh file
