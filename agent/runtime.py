@@ -351,6 +351,7 @@ class Agent:
         self.status_port: int | None = None
         self.started = asyncio.Event()
         self.reloads = 0  # reloads applied (a refused one does not count)
+        self.reload_done = asyncio.Event()  # set after each reload attempt, applied or refused
 
     @property
     def machines(self) -> list[MachineRunner]:
@@ -410,6 +411,7 @@ class Agent:
                     if self._reload.is_set() and not stop.is_set():
                         self._reload.clear()
                         await self._apply_reload()
+                        self.reload_done.set()
                 self._notifier.send(STOPPING="1", STATUS="stopping")
                 log.info("stopping: last delivery attempt, then closing")
                 for machine_id in list(self._machines):

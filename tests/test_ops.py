@@ -1,0 +1,288 @@
+"""Running unattended: status endpoints, systemd notify and watchdog, reload, the unit file and the image."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.config import Config, load_config
+from agent.notify import Notifier
+from agent.receiver import Receiver
+from agent.runtime import Agent
+from drivers.modbus.sim import SimulatedMachine
+from tests.waiting import Changes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: Config, changes: Changes | None = None, **kw: Any) -> AsyncIterator[Agent]:
+    agent = Agent(cfg, observers=[changes.bump] if changes else [], **kw)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    started = asyncio.ensure_future(agent.started.wait())
+    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+# -- status endpoints ----------------------------------------------------------------------------
+
+
+async def test_status_endpoints_during_a_run_and_an_offline_machine(
+    receiver: Receiver, make_config: Callable[..., Config]
+) -> None:
+    machine = SimulatedMachine()
+    await machine.start()
+    cfg = make_config(machine.port, receiver.url, status={"listen": "127.0.0.1:0"})
+    changes = Changes()
+    async with running(cfg, changes) as agent, httpx.AsyncClient() as http:
+        base = f"http://127.0.0.1:{agent.status_port}"
+        await machine.set("holding", 0, [900])
+        await receiver.wait_for(lambda ev: any(e["subject"] == "m1/wear" for e in ev))
+
+        health = await http.get(f"{base}/healthz")
+        assert (health.status_code, health.text) == (200, "ok\n")
+        status = (await http.get(f"{base}/status")).json()
+        [m1] = status["machines"]
+        assert (m1["id"], m1["connected"], m1["offline"], m1["healthy"]) == ("m1", True, False, True)
+        assert m1["last_good_read"].endswith("Z") and m1["reads"] > 0
+        assert [a["alert"] for a in status["alerts"]] == ["m1/wear"]
+        assert status["sinks"][0]["id"] == "up" and status["sinks"][0]["up"] is True
+        assert status["outbox"]["events"] == 0
+        metrics = (await http.get(f"{base}/metrics")).text
+        for line in (
+            'andon_machine_connected{machine="m1"} 1.0',
+            'andon_machine_offline{machine="m1"} 0.0',
+            'andon_alerts_active{severity="warning"} 1.0',
+            'andon_sink_up{sink="up"} 1.0',
+            "andon_outbox_events 0.0",
+            "andon_healthy 1.0",
+        ):
+            assert line in metrics, line
+        assert 'andon_poll_duration_seconds_count{machine="m1"}' in metrics
+
+        await machine.stop()
+        await changes.until(lambda: agent.alerts is not None and "m1/offline" in agent.alerts.active)
+        health = await http.get(f"{base}/healthz")
+        assert health.status_code == 200  # a machine marked offline is an honest state, not a sick agent
+        status = (await http.get(f"{base}/status")).json()
+        assert status["machines"][0]["offline"] is True and status["machines"][0]["connected"] is False
+        assert status["machines"][0]["last_error"]
+        assert 'andon_machine_offline{machine="m1"} 1.0' in (await http.get(f"{base}/metrics")).text
+        assert (await http.get(f"{base}/nope")).status_code == 404
+        assert (await http.post(f"{base}/status")).status_code == 405
+
+
+async def test_healthz_fails_while_the_outbox_cannot_be_written(
+    machine: SimulatedMachine, receiver: Receiver, make_config: Callable[..., Config]
+) -> None:
+    cfg = make_config(machine.port, receiver.url, status={"listen": "127.0.0.1:0"})
+    async with running(cfg) as agent, httpx.AsyncClient() as http:
+        url = f"http://127.0.0.1:{agent.status_port}/healthz"
+        assert agent.outbox is not None
+        db = agent.outbox.sync.db
+        # The disk turns read-only (what the kernel does to a failing SD card): commits fail.
+        await agent.outbox.call(db.execute, "PRAGMA query_only = ON")
+        await machine.set("holding", 10, [0b1000])
+        runner = agent.machines[0]
+        while runner.outbox_error is None:  # the commit fails on the next poll
+            await machine.wait_requests(1)
+        health = await http.get(url)
+        assert health.status_code == 503 and "events cannot be committed" in health.text
+        await agent.outbox.call(db.execute, "PRAGMA query_only = OFF")  # writable again
+        await receiver.wait_for(lambda ev: [e["subject"] for e in ev] == ["m1/fault"])
+        assert (await http.get(url)).status_code == 200
+
+
+# -- systemd notify and watchdog -------------------------------------------------------------------
+
+
+class FakeSystemd:
+    """A NOTIFY_SOCKET that records (time, message) from a thread, so it keeps listening while the
+    agent's event loop is blocked."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+    def pings(self) -> list[float]:
+        return [t for t, m in self.messages if m == "WATCHDOG=1"]
+
+
+def test_notifier_reads_systemd_environment(tmp_path: Path) -> None:
+    n = Notifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "s"), "WATCHDOG_USEC": "2000000"})
+    assert n.enabled and n.watchdog_interval == 1.0
+    other = Notifier.from_env({"NOTIFY_SOCKET": "x", "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"})
+    assert other.watchdog_interval is None  # the watchdog is meant for another process
+    assert not Notifier.from_env({}).enabled
+    Notifier(None).send(READY="1")  # outside systemd: nothing happens
+
+
+async def test_ready_then_watchdog_pings_stop_while_the_loop_is_blocked(
+    tmp_path: Path, machine: SimulatedMachine, make_config: Callable[..., Config]
+) -> None:
+    systemd = FakeSystemd(tmp_path / "notify.sock")
+    notifier = Notifier(systemd.path, watchdog_usec=100_000)  # a ping every 50 ms
+    try:
+        async with running(make_config(machine.port), notifier=notifier) as agent:
+            assert agent.started.is_set()
+            while len(systemd.pings()) < 3:
+                await machine.wait_requests(1)
+            time.sleep(0.6)  # noqa: ASYNC251 - the event loop is stuck on purpose: no pings may go out
+            blocked_until = time.monotonic()
+            while not [t for t in systemd.pings() if t > blocked_until]:
+                await machine.wait_requests(1)
+        assert systemd.messages[0][1].startswith("READY=1\nSTATUS=watching 1 machine(s)")
+        assert any(m.startswith("STOPPING=1") for _, m in systemd.messages)
+        gaps = [b - a for a, b in zip(systemd.pings(), systemd.pings()[1:], strict=False)]
+        assert max(gaps) >= 0.55  # the watchdog would fire: systemd restarts a stuck agent
+        assert sorted(gaps)[len(gaps) // 2] < 0.2  # while the loop runs, pings come every ~50 ms
+    finally:
+        notifier.close()
+        systemd.close()
+
+
+# -- reload ----------------------------------------------------------------------------------------
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def agent_toml(state: Path, port: int, url: str, *, machines: list[str], fault_rule: bool = True) -> str:
+    out = f'[agent]\ngateway_id = "gw"\nstate_dir = "{state}"\n[status]\nlisten = ""\n'
+    for mid in machines:
+        out += f"""
+[[machines]]
+id = "{mid}"
+protocol = "modbus"
+host = "127.0.0.1"
+port = {port}
+poll_interval = "50ms"
+timeout = "300ms"
+  [[machines.signals]]
+  id = "wear"
+  address = 0
+  [[machines.signals]]
+  id = "fault"
+  address = 10
+  type = "bit"
+  bit = 3
+[[rules]]
+id = "{mid}-wear"
+machine = "{mid}"
+signal = "wear"
+kind = "threshold"
+warning = 80
+"""
+        if fault_rule:
+            out += f'[[rules]]\nid = "{mid}-fault"\nmachine = "{mid}"\nsignal = "fault"\nkind = "fault"\n'
+    return out + f'[[sinks]]\nid = "up"\nkind = "http"\nurl = "{url}"\nretry_max = "300ms"\n'
+
+
+async def test_reload_starts_and_changes_machines_and_keeps_alert_state(
+    tmp_path: Path, machine: SimulatedMachine, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "agent.toml", agent_toml(tmp_path / "s", machine.port, receiver.url, machines=["a"]))
+    await machine.set("holding", 0, [90])
+    await machine.set("holding", 10, [0b1000])
+    async with running(load_config(path), config_path=path) as agent:
+        await receiver.wait_for(lambda ev: {e["subject"] for e in ev} == {"a/a-wear", "a/a-fault"})
+        # New file: machine b added, machine a's fault rule removed, its wear rule unchanged.
+        write(path, agent_toml(tmp_path / "s", machine.port, receiver.url, machines=["a", "b"], fault_rule=False))
+        agent.reload_done.clear()
+        agent.request_reload()
+        await agent.reload_done.wait()
+        assert agent.reloads == 1 and sorted(r.machine.id for r in agent.machines) == ["a", "b"]
+        await receiver.wait_for(lambda ev: any(e["subject"] == "b/b-wear" for e in ev))
+        await receiver.wait_for(
+            lambda ev: any(e["subject"] == "a/a-fault" and e["type"].endswith("cleared") for e in ev)
+        )
+        await machine.wait_requests(10)
+        # Invalid file: refused with one log line, the running config stays.
+        write(path, "[agent]\nstate_dir = 5\n")
+        agent.reload_done.clear()
+        with caplog.at_level(logging.ERROR, logger="andon.runtime"):
+            agent.request_reload()
+            await agent.reload_done.wait()
+        refused = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+        assert len(refused) == 1 and "agent.toml" in refused[0] and "\n" not in refused[0]
+        assert agent.reloads == 1 and len(agent.machines) == 2
+        await machine.wait_requests(4)
+    raised = [e["subject"] for e in receiver.events if e["type"] == "andon.alert.raised"]
+    assert raised.count("a/a-wear") == 1  # the unchanged rule's alert was not raised again
+    assert sorted(raised) == ["a/a-fault", "a/a-wear", "b/b-wear"]
+
+
+# -- the unit file and the image -----------------------------------------------------------------
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is needed (.ci/run installs systemd)"
+    exe = shutil.which("andon-agent") or str(Path(sys.executable).parent / "andon-agent")
+    unit = (ROOT / "systemd/andon-agent.service").read_text()
+    assert "/opt/andon-agent/bin/andon-agent" in unit
+    rendered = write(tmp_path / "andon-agent.service", unit.replace("/opt/andon-agent/bin/andon-agent", exe))
+    result = subprocess.run([analyze, "verify", str(rendered)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    for key in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=always",
+        "StateDirectory=andon-agent",
+        "ConfigurationDirectory=andon-agent",
+        "LoadCredential=token:",
+        "SupplementaryGroups=dialout",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+    ):
+        assert key in unit, key
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (ROOT / "Dockerfile").read_text()
+    assert "FROM python:3.11-slim" in text and "HEALTHCHECK" in text and "VOLUME" in text
+    assert "\nUSER 10001" in text  # never root
