@@ -36,7 +36,6 @@ from agent.outbox import AsyncOutbox, Outbox
 from agent.rules import RuleState, evaluate, tick
 from agent.rules.flood import FLOOD, FloodState, admit, flood_tick, forgotten
 from agent.sinks.http import HttpSink, make_client, read_token
-from agent.status import StatusServer
 from drivers.base import Driver, Drivers, PushDriver
 
 log = logging.getLogger("andon.runtime")
@@ -392,6 +391,8 @@ class Agent:
                 for machine in cfg.machines:
                     self._start_machine(machine)
                 if cfg.status.listen:
+                    from agent.status import StatusServer  # prometheus-client only when it is used
+
                     status = await stack.enter_async_context(StatusServer(self, cfg.status.listen))
                     self.status_port = status.port
                 watchdog = tg.create_task(self._notifier.watchdog(), name="watchdog")
