@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import socket
@@ -19,8 +20,10 @@ import httpx
 import pytest
 
 from agent.config import Config, load_config
+from agent.config import HttpSink as HttpSinkConfig
+from agent.logs import setup_logging
 from agent.notify import Notifier
-from agent.receiver import Receiver
+from agent.receiver import Receiver, Reply
 from agent.runtime import Agent
 from drivers.modbus.sim import SimulatedMachine
 from tests.waiting import Changes
@@ -286,3 +289,48 @@ def test_dockerfile_passes_hadolint() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in text and "HEALTHCHECK" in text and "VOLUME" in text
     assert "\nUSER 10001" in text  # never root
+
+
+# -- logs ------------------------------------------------------------------------------------------
+
+
+async def test_the_token_never_reaches_the_logs(
+    machine: SimulatedMachine,
+    make_config: Callable[..., Config],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "s3cr3t-t0ken-value"
+    monkeypatch.setenv("ANDON_TEST_TOKEN", secret)
+    seen: list[str] = []
+
+    def refuse(batch: list[dict[str, Any]], headers: dict[str, str]) -> Reply:
+        seen.append(headers.get("authorization", ""))
+        return Reply(401)  # the upstream refuses the credentials: the agent logs that, loudly
+
+    async with Receiver(refuse) as upstream:
+        cfg = make_config(machine.port)
+        sink = {"id": "up", "kind": "http", "url": upstream.url, "token_env": "ANDON_TEST_TOKEN", "retry_max": "200ms"}
+        cfg = cfg.model_copy(update={"sinks": [HttpSinkConfig.model_validate(sink)]})
+        with caplog.at_level(logging.DEBUG):
+            async with running(cfg):
+                await machine.set("holding", 10, [0b1000])
+                while len(seen) < 2:
+                    await machine.wait_requests(1)
+    assert seen[0] == f"Bearer {secret}"  # it was sent...
+    assert any("401" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if secret in r.getMessage()]  # ...and never logged
+
+
+def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("info", json_format=True)
+        logging.getLogger("andon.test").warning("machine %s is %s", "m1", "offline")
+        line = capsys.readouterr().out.strip()
+        record = json.loads(line)
+        assert record["level"] == "warning" and record["logger"] == "andon.test"
+        assert record["message"] == "machine m1 is offline" and "\n" not in line
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
