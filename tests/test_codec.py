@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pymodbus.client import ModbusTcpClient
 
 from agent.config import ByteOrder, SignalType
-from drivers.modbus.codec import CodecError, decode, encode, register_count, scaled
+from drivers.modbus.codec import Block, CodecError, compile_decoder, decode, encode, register_count, scaled
 
 ORDERS: tuple[ByteOrder, ...] = get_args(ByteOrder)
 INT_RANGES: dict[SignalType, tuple[int, int]] = {
@@ -495,3 +495,58 @@ def test_struct_agrees_on_dcba(type_: SignalType, fmt: str, value: float) -> Non
     data = struct.pack(fmt, value)
     registers = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
     assert encode(value, type_, "DCBA") == registers
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled decoders (the driver's hot path) give exactly what decode() gives
+
+ALL_TYPES: tuple[SignalType, ...] = get_args(SignalType)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize(("value", "type_", "order", "registers"), KNOWN)
+def test_compiled_decoder_known(value: Any, type_: SignalType, order: ByteOrder, registers: list[int]) -> None:
+    length = len(registers) if type_ == "string" else None
+    block = Block([0xDEAD, *registers, 0xBEEF])  # the value in the middle of a longer reply
+    assert _same(compile_decoder(type_, order, length=length)(block, 1), decode(registers, type_, order))
+
+
+@PROPERTY
+@given(data=st.data(), type_=st.sampled_from(ALL_TYPES), order=st.sampled_from(ORDERS))
+def test_compiled_decoder_equals_decode(data: st.DataObject, type_: SignalType, order: ByteOrder) -> None:
+    length = data.draw(st.integers(1, 6)) if type_ == "string" else None
+    bit = data.draw(st.integers(0, 15)) if type_ == "bit" else None
+    count = register_count(type_, length)
+    words = st.integers(0, 0xFFFF)
+    before = data.draw(st.lists(words, max_size=3))
+    registers = data.draw(st.lists(words, min_size=count, max_size=count))
+    after = data.draw(st.lists(words, max_size=3))
+    block = Block([*before, *registers, *after])
+    got = compile_decoder(type_, order, bit=bit, length=length)(block, len(before))
+    assert _same(got, decode(registers, type_, order, bit=bit))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"type": "bit", "bit": None}, "`bit` must be 0..15"),
+        ({"type": "bit", "bit": 16}, "`bit` must be 0..15"),
+        ({"type": "uint16", "bit": 1}, "only for type 'bit'"),
+        ({"type": "string"}, "length must be"),
+        ({"type": "int32", "byte_order": "ABDC"}, "unknown byte order"),
+        ({"type": "int24"}, "unknown signal type"),
+    ],
+)
+def test_compiled_decoder_checks_its_arguments(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(CodecError, match=match):
+        compile_decoder(**kwargs)
+
+
+def test_block_rejects_registers_out_of_range() -> None:
+    with pytest.raises(CodecError, match="not a 16-bit value"):
+        Block([1, 70000])
