@@ -152,12 +152,20 @@ async def open_client(m: OpcuaMachine, on_lost: Callable[[Exception], Any] | Non
                 )
             await client.connect()
     except NETWORK_ERRORS as exc:
-        await close_client(client)
+        _drop_socket(client)
         raise ConnectionLost(m.id, f"cannot connect to {m.endpoint}: {_why(exc)}") from exc
     except DriverError:
-        await close_client(client)
+        _drop_socket(client)
         raise
     return client
+
+
+def _drop_socket(client: Client) -> None:
+    """After a failed connect: asyncua has unwound what it opened; close a socket a timeout left open."""
+    try:
+        client.uaclient.disconnect_socket()
+    except Exception:  # best effort: the client is thrown away
+        log.debug("closing the socket of a failed connect", exc_info=True)
 
 
 async def close_client(client: Client) -> None:
