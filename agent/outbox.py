@@ -451,17 +451,17 @@ class Outbox:
     def _after_drain(self) -> None:
         """The queue is empty: keep the WAL and the file small (best effort, never raises)."""
         try:
-            wal = Path(f"{self.path}-wal")
-            if wal.exists() and wal.stat().st_size > WAL_TRUNCATE_AFTER_DRAIN:
-                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             free = self._scalar("PRAGMA freelist_count")
             if (
                 self._scalar("PRAGMA auto_vacuum") == 2
                 and free > VACUUM_MIN_FREE_PAGES
                 and free * 4 > self._scalar("PRAGMA page_count")
             ):
-                self.db.execute("PRAGMA incremental_vacuum").fetchall()
+                self.db.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page only
                 log.debug("outbox: gave %d free pages back to the filesystem", free)
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > WAL_TRUNCATE_AFTER_DRAIN:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except (sqlite3.Error, OSError) as exc:
             log.debug("outbox: maintenance after drain skipped: %s", exc)
 

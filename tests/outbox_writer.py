@@ -11,7 +11,8 @@ agent: :class:`AlertLog` commits bursts of transitions to the :class:`AsyncOutbo
 :class:`Delivery` with the :class:`HttpSink` sends them to ``url``. It prints ``start <last_seq>``,
 then ``c <seq>`` for every event once its commit has returned. With ``--count N`` it stops after N
 events (``--hold``: delivery starts only then), waits until the upstream has everything (or set it
-aside), prints ``drained <json stats>`` and exits 0; without it, it writes until killed. Each event's ``data.n`` is its index in this run.
+aside), prints ``drained <json stats>`` and exits 0; without it, it writes until killed. Each
+event's ``data.n`` is its index in this run.
 """
 
 from __future__ import annotations

@@ -241,3 +241,36 @@ async def test_failed_commit_changes_nothing(db_path: Path) -> None:
         again = await log.commit([tr(TransitionKind.CLEARED)])
         assert again[0].seq == first[0].seq + 1  # no seq burnt by the failure
         assert log.active == {}
+
+
+# -- the dropped-events notice -----------------------------------------------------------------
+
+
+async def test_report_drops_commits_one_notice_with_the_next_seq(db_path: Path) -> None:
+    async with AsyncOutbox(Outbox(db_path, max_events=100)) as ob:
+        await ob.call(ob.sync.set_sinks, ["up"])
+        woken: list[int] = []
+        log = await open_log(ob, on_commit=[lambda: woken.append(1)])
+        assert await log.report_drops() is None and woken == []  # nothing dropped: nothing to say
+        events = await log.commit([tr(rule=f"r{n}", time=T0 + n) for n in range(130)])  # 30 dropped
+        await ob.call(ob.sync.settle, "up", events[49].seq)  # the link is back, room again
+        notice = await log.report_drops()
+        assert notice is not None and woken == [1, 1]
+        assert notice.seq == events[-1].seq + 1 and notice.severity is Severity.CRITICAL  # dropped last
+        body = json.loads(notice.body)
+        assert set(body) == ATTRIBUTES
+        assert body["specversion"] == "1.0" and body["id"] == notice.id
+        assert body["type"] == "andon.outbox.dropped" and body["subject"] == "gw-1/outbox"
+        assert body["source"] == "/andon/gw-1" and RFC3339_UTC.match(body["time"])
+        data = body["data"]
+        assert (data["dropped"], data["dropped_critical"]) == (30, 0)
+        assert (data["first_seq"], data["last_seq"]) == (events[0].seq, events[29].seq)
+        assert data["seq"] == notice.seq and data["gateway"] == "gw-1" and data["site"] == "plant-a"
+        assert data["severity"] == "warning" and "dropped 30 event(s)" in data["message"]
+        assert RFC3339_UTC.match(data["since"])
+        assert await ob.call(ob.sync.drop_report) is None
+        assert await log.report_drops() is None  # reported once
+        (after,) = await log.commit([tr(rule="later")])
+        assert after.seq == notice.seq + 1  # the notice took a seq like any other event
+        pending = await ob.call(ob.sync.pending, "up", 1000)
+        assert [e.seq for e in pending][-2:] == [notice.seq, after.seq]

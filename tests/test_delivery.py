@@ -514,3 +514,113 @@ def test_read_token_blank_env_is_an_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("ANDON_TEST_TOKEN", "   ")
     with pytest.raises(ConfigError, match=r"sinks\[0\].token_env: environment variable ANDON_TEST_TOKEN"):
         read_token(sink_config("http://127.0.0.1:1/x", token_env="ANDON_TEST_TOKEN"), 0)
+
+
+# -- batch size, linger, the dropped-events notice ---------------------------------------------
+
+
+async def test_413_halves_the_batch_size_then_it_recovers(
+    outbox: WatchedOutbox, watch: Watch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agent.delivery.RECOVER_AFTER", 3)
+    limit = {"n": 3}
+    sizes: list[int] = []
+
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        sizes.append(len(batch))
+        return Reply(413) if len(batch) > limit["n"] else Reply(200)
+
+    events = await fill(outbox, 40)
+    async with (
+        Receiver(respond) as r,
+        http_delivery(r.url, outbox, watch, batch_size=8) as (delivery, _),
+    ):
+        async with delivering(delivery):
+            await watch.until(lambda: delivery.delivered == 40)
+        assert ids(r.events) == ids(events)  # each once, in order; nothing set aside
+        assert delivery.rejected == 0 and dead_letters(outbox) == []
+        assert sizes[:3] == [8, 4, 2]  # 8 refused, its halves split again: the size is now 2
+        assert 4 in sizes[4:]  # ... and grew back after 3 good requests (to be refused and halved again)
+        stats = delivery.stats()
+        assert stats.max_batch_size == 8 and stats.batch_size in (2, 4) and stats.sink == "up"
+        limit["n"] = 100  # the upstream takes anything again: the size climbs back to the maximum
+        await fill(outbox, 60)
+        async with delivering(delivery):
+            await watch.until(lambda: delivery.delivered == 100)
+        assert delivery.batch_size == 8
+
+
+async def test_one_event_too_large_alone_becomes_a_dead_letter(outbox: WatchedOutbox, watch: Watch) -> None:
+    events = await fill(outbox, 6)
+    huge = events[2]
+
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        return Reply(413) if huge.id in ids(batch) else Reply(200)
+
+    async with (
+        Receiver(respond) as r,
+        http_delivery(r.url, outbox, watch, batch_size=4) as (delivery, _),
+        delivering(delivery),
+    ):
+        await watch.until(lambda: delivery.delivered + delivery.rejected == 6)
+    assert ids(r.events) == [e.id for e in events if e is not huge]
+    assert dead_letters(outbox) == [("up", huge.seq, huge.id, "HTTP 413")]
+
+
+async def test_linger_sends_a_lone_event_at_once_and_groups_a_burst(outbox: WatchedOutbox, watch: Watch) -> None:
+    arrivals: list[float] = []
+
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        arrivals.append(time.monotonic())
+        return Reply(200)
+
+    async with Receiver(respond) as r:
+        config = sink_config(r.url)
+        async with make_client(config) as client:
+            probe = Probe(HttpSink(config, client, token=None), watch)
+            delivery = Delivery(probe, outbox, batch_size=50, retry_max=0.2, linger=0.4)
+            async with delivering(delivery):
+                committed = time.monotonic()
+                await fill(outbox, 1)
+                delivery.wake()
+                await watch.until(lambda: delivery.delivered == 1)
+                assert arrivals[0] - committed < 0.3  # after a quiet spell: at once, no linger
+                for _ in range(3):  # a burst right after it: these wait for the linger and go together
+                    await fill(outbox, 2)
+                    delivery.wake()
+                await watch.until(lambda: delivery.delivered == 7)
+                assert [len(b) for _, b in r.requests] == [1, 6]
+                assert arrivals[1] - arrivals[0] >= 0.35
+                await fill(outbox, 120)  # a backlog goes in full batches, back to back
+                delivery.wake()
+                await watch.until(lambda: delivery.delivered == 127)
+                assert [len(b) for _, b in r.requests][2:4] == [50, 50]
+
+
+async def test_dropped_events_are_reported_once_the_link_is_back(tmp_path: Path, watch: Watch) -> None:
+    from agent.alerts import AlertLog
+
+    async with WatchedOutbox(Outbox(tmp_path / "small.db", max_events=100), watch) as ob:
+        await ob.call(ob.sync.set_sinks, ["up"])
+        r = await down_receiver()
+        try:
+            async with http_delivery(r.url, ob, watch, batch_size=50) as (delivery, probe):
+                log = AlertLog(ob, gateway="gw", site=None, on_commit=[delivery.wake])
+                await log.load()
+                delivery.report_drops = log.report_drops
+                async with delivering(delivery):
+                    committed = await log.commit([transition(n) for n in range(1, 131)])  # 30 dropped
+                    await watch.until(lambda: len(probe.failures) >= 1)  # the link is down
+                    assert ob.sync.unreported_drops == 30
+                    await r.start()
+                    await watch.until(lambda: any(e["type"] == "andon.outbox.dropped" for e in r.events))
+                    await watch.until(lambda: delivery.delivered == 101)
+        finally:
+            await r.stop()
+    kept = [e for e in r.events if e["type"] != "andon.outbox.dropped"]
+    assert [e["data"]["seq"] for e in kept] == [e.seq for e in committed[30:]]  # the oldest 30 went
+    notice = r.events[-1]
+    assert notice["type"] == "andon.outbox.dropped" and notice["subject"] == "gw/outbox"
+    assert notice["data"]["dropped"] == 30 and notice["data"]["seq"] == committed[-1].seq + 1
+    assert notice["data"]["first_seq"] == committed[0].seq and notice["data"]["last_seq"] == committed[29].seq
+    assert sum(e["type"] == "andon.outbox.dropped" for e in r.events) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -15,13 +16,20 @@ import sqlite3
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.config import Config
+from agent.model import StoredEvent, Transition
 from agent.receiver import Batch, Receiver, Reply
+from agent.runtime import Agent
+from drivers.modbus.sim import SimulatedMachine
+from tests.conftest import WEAR_RULES
+from tests.waiting import Changes, counting_factory
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS_PER_CHAIN = 5
@@ -266,3 +274,85 @@ async def test_writer_starts_on_a_damaged_outbox(tmp_path: Path, damage: str, re
     else:
         assert not aside  # nothing damaged in what was committed: the same file goes on
     assert w.committed[0] > before.committed[-1]  # seq keeps increasing, even on a fresh file
+
+
+# -- a full disk, end to end: the real agent, a simulated machine, a real receiver ------------------
+
+
+class Bump(logging.Handler):
+    def __init__(self, changes: Changes) -> None:
+        super().__init__()
+        self.changes = changes
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self.changes.bump()
+
+
+async def test_full_disk_holds_transitions_back_and_resumes_without_a_gap(
+    machine: SimulatedMachine, make_config: Callable[..., Config], unused_tcp_port: int
+) -> None:
+    upstream = Receiver(port=unused_tcp_port)  # down while the disk is full: nothing is settled, nothing freed
+    changes = Changes()
+    committed: list[tuple[str, int]] = []
+    reads: dict[str, int] = {}
+
+    def observe(t: Transition, e: StoredEvent) -> None:
+        committed.append((t.kind.value, e.seq))
+        changes.bump()
+
+    handler = Bump(changes)
+    outbox_log = logging.getLogger("andon.outbox")
+    outbox_log.addHandler(handler)
+    level = outbox_log.level
+    outbox_log.setLevel(logging.INFO)
+    fault = {**WEAR_RULES[1], "chatter_count": 0}  # the fault bit: one event per toggle
+    cfg = make_config(machine.port, upstream.url, rules=[fault])
+    agent = Agent(cfg, observers=[observe], driver_factory=counting_factory(reads, changes))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await changes.until(lambda: agent.started.is_set() and reads.get("m1", 0) > 0)
+        ob = agent.outbox
+        assert ob is not None
+
+        def cap() -> None:  # what a full disk looks like to SQLite: no new page (SQLITE_FULL)
+            pages = ob.sync.db.execute("PRAGMA page_count").fetchone()[0]
+            ob.sync.db.execute(f"PRAGMA max_page_count={pages}")
+
+        await ob.call(cap)
+        bit = 0
+        while not ob.sync.stats().disk_full:  # toggle until the events no longer fit in the file
+            assert len(committed) < 40, "the capped file never filled up"
+            bit ^= 1
+            before = len(committed)
+            await machine.set("holding", 10, [bit << 3])
+
+            def settled(before: int = before) -> bool:
+                return len(committed) > before or ob.sync.stats().disk_full
+
+            await changes.until(settled)
+        held = "raised" if bit else "cleared"  # the transition the disk refused
+        assert not committed or committed[-1][0] != held
+        errors = ob.sync.stats().write_errors
+        await changes.until(lambda: ob.sync.stats().write_errors >= errors + 3)  # tried again on every poll
+        assert sum("disk is full" in m for m in handler.messages) == 1  # said once
+        assert agent.machines[0].status.reads > 0 and not task.done()  # the agent keeps running
+
+        await ob.call(ob.sync.db.execute, "PRAGMA max_page_count=1073741823")  # space again
+        await changes.until(lambda: bool(committed) and committed[-1][0] == held)
+        assert any("writing again" in m for m in handler.messages)
+        await upstream.start()
+        await upstream.wait_for(lambda ev: len(ev) == len(committed), within=10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await upstream.stop()
+        outbox_log.removeHandler(handler)
+        outbox_log.setLevel(level)
+    kinds = [e["type"].rsplit(".", 1)[1] for e in upstream.events]
+    assert kinds == ["raised", "cleared"] * (len(kinds) // 2) + ["raised"] * (len(kinds) % 2)  # none lost
+    seqs = [e["data"]["seq"] for e in upstream.events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap: the refused commit took no seq
+    assert kinds[-1] == held

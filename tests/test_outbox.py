@@ -348,3 +348,206 @@ def test_sigkill_mid_write_loses_no_committed_event(path: Path, seed: int, lines
         assert ob.depth() == len(got)
     finally:
         ob.close()
+
+
+# -- the byte bound, the drop tally and the report -----------------------------------------------
+
+
+def big(seq: int, severity: Severity = W, size: int = 1000) -> StoredEvent:
+    return StoredEvent(seq, f"id-{seq}", severity, b"x" * size)
+
+
+def test_byte_bound_drops_oldest_non_critical_first(path: Path) -> None:
+    ob = Outbox(path, max_events=1000, max_bytes=5000)
+    ob.open()
+    ob.set_sinks(["s"])
+    try:
+        ob.append([big(1, C), big(2), big(3), big(4, C)], {})
+        assert ob.stats().bytes == 4000 and ob.drop_report() is None
+        ob.append([big(5), big(6, INFO, 2000)], {})  # 7000 bytes: 2 and 3 go
+        assert all_seqs(ob) == [1, 4, 5, 6]
+        assert ob.stats().bytes == 5000 == sum(len(e.body) for e in ob.pending("s", 10))
+        report = ob.drop_report()
+        assert report is not None
+        assert (report.count, report.first_seq, report.last_seq, report.critical) == (2, 2, 3, 0)
+        assert time.time() - 5 < report.since <= time.time()
+        ob.append([big(7, C, 3000)], {})  # 8000: 5 and 6 go (non-critical), the critical stay
+        assert all_seqs(ob) == [1, 4, 7]
+        ob.append([big(8, C, 1000)], {})  # only critical ones left: the oldest critical goes
+        assert all_seqs(ob) == [4, 7, 8]
+        report = ob.drop_report()
+        assert report is not None and (report.count, report.first_seq, report.last_seq, report.critical) == (
+            5,
+            1,
+            6,
+            1,
+        )
+        stats = ob.stats()
+        assert (stats.events, stats.bytes, stats.dropped, stats.dropped_unreported) == (3, 5000, 5, 5)
+    finally:
+        ob.close()
+
+
+def test_reporting_drops_is_committed_with_the_notice_and_survives_reopen(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ob = Outbox(path, max_events=100)
+    ob.open()
+    ob.set_sinks(["s"])
+    with caplog.at_level(logging.ERROR, logger="andon.outbox"):
+        ob.append([ev(s) for s in range(1, 131)], {})  # 30 dropped
+        ob.append([ev(131)], {})  # one more: not logged again
+    assert sum("full" in r.getMessage() for r in caplog.records) == 1
+    report = ob.drop_report()
+    assert report is not None and (report.count, report.first_seq, report.last_seq) == (31, 1, 31)
+    ob.close()
+
+    ob = Outbox(path, max_events=100)
+    ob.open()  # the unreported drops survive a restart
+    try:
+        assert ob.unreported_drops == 31 and ob.stats().dropped == 31
+        ob.settle("s", 40)  # the link is back: some room again
+        ob.append([ev(132, C)], {}, 31)  # the notice: the drops are reported in the same transaction
+        assert ob.drop_report() is None and ob.unreported_drops == 0 and ob.stats().dropped == 31
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="andon.outbox"):
+            ob.append([ev(s) for s in range(133, 153)], {})  # full again: a new episode is logged again
+        assert ob.drop_report() is not None
+        assert sum("full" in r.getMessage() for r in caplog.records) == 1  # a new episode is logged again
+    finally:
+        ob.close()
+
+
+def test_dead_letters_are_capped(path: Path) -> None:
+    ob = Outbox(path, max_dead_letters=3)
+    ob.open()
+    ob.set_sinks(["s"])
+    try:
+        ob.append([ev(s) for s in range(1, 9)], {})
+        ob.settle("s", 4, [(ev(1), "HTTP 400"), (ev(2), "HTTP 400")])
+        ob.settle("s", 8, [(ev(5), "HTTP 422"), (ev(6), "HTTP 422"), (ev(7), "HTTP 422")])
+        assert [r[0] for r in ob.db.execute("SELECT seq FROM dead_letters ORDER BY seq")] == [5, 6, 7]
+        assert ob.stats().dead_letters == 3
+    finally:
+        ob.close()
+
+
+def test_stats_are_read_from_memory_and_match_the_file(path: Path) -> None:
+    ob = Outbox(path)
+    ob.open()
+    ob.set_sinks(["a", "b"])
+    try:
+        ob.append([ev(s) for s in range(1, 6)], {})
+        ob.settle("a", 5)
+        ob.settle("b", 2, [(ev(2), "HTTP 400")])
+        stats = ob.stats()
+        size = ob.db.execute("SELECT sum(length(body)) FROM events").fetchone()[0]
+        assert (stats.events, stats.bytes, stats.oldest_seq, stats.dead_letters) == (3, size, 3, 1)
+        assert not stats.disk_full and stats.write_errors == 0 and stats.file_bytes > 0
+    finally:
+        ob.close()
+
+
+# -- the file does not grow without bound --------------------------------------------------------
+
+
+def test_new_file_uses_incremental_auto_vacuum_and_gives_space_back_after_a_drain(path: Path) -> None:
+    ob = Outbox(path, max_bytes=2**30)
+    ob.open()
+    ob.set_sinks(["s"])
+    try:
+        assert ob.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+        assert ob.db.execute("PRAGMA journal_size_limit").fetchone()[0] == 4 * 1024 * 1024
+        seq = ob.last_seq()
+        for _ in range(40):  # a backlog of about 8 MB
+            ob.append([big(seq + i + 1, W, 2000) for i in range(100)], {})
+            seq += 100
+        pages = ob.db.execute("PRAGMA page_count").fetchone()[0]
+        ob.settle("s", seq)  # drained
+        assert ob.depth() == 0
+        assert ob.db.execute("PRAGMA page_count").fetchone()[0] < pages // 4  # free pages went back
+        wal = Path(f"{path}-wal")
+        assert not wal.exists() or wal.stat().st_size <= 4 * 1024 * 1024
+    finally:
+        ob.close()
+
+
+def test_fill_and_drain_cycles_reuse_the_same_space(path: Path) -> None:
+    ob = Outbox(path, max_bytes=2**30)
+    ob.open()
+    ob.set_sinks(["s"])
+    try:
+        seq = ob.last_seq()
+        sizes = []
+        for _ in range(6):
+            for _ in range(10):
+                ob.append([big(seq + i + 1, W, 1500) for i in range(50)], {})
+                seq += 50
+            ob.checkpoint()
+            sizes.append(path.stat().st_size)
+            ob.settle("s", seq - 25)  # most of it goes; a few stay (no vacuum: the free pages are reused)
+        assert max(sizes[1:]) <= sizes[0] * 1.1  # the file stays at its high-water mark
+    finally:
+        ob.close()
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+def test_full_disk_refuses_writes_logs_once_and_resumes(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ob = Outbox(path)
+    ob.open()
+    ob.set_sinks(["s"])
+    try:
+        ob.append([ev(1)], {"m/a": {"n": 1}})
+        pages = ob.db.execute("PRAGMA page_count").fetchone()[0]
+        ob.db.execute(f"PRAGMA max_page_count={pages}")  # what a full disk looks like to SQLite (SQLITE_FULL)
+        with caplog.at_level(logging.INFO, logger="andon.outbox"):
+            for _ in range(3):
+                with pytest.raises(OutboxError, match="disk full"):
+                    ob.append([big(2, W, 20_000)], {"m/a": {"n": 2}})
+                assert ob.stats().disk_full
+            assert all_seqs(ob) == [1] and ob.alerts() == {"m/a": {"n": 1}}  # nothing half-written
+            assert ob.last_seq() == 1 and ob.stats().write_errors == 3 and ob.depth() == 1
+            ob.settle("s", 1)  # delivery goes on (deleting needs no new page)
+            ob.db.execute("PRAGMA max_page_count=1073741823")  # space again
+            ob.append([big(2, W, 20_000)], {"m/a": {"n": 2}})
+        assert all_seqs(ob) == [2] and ob.alerts() == {"m/a": {"n": 2}} and not ob.stats().disk_full
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "disk is full" in errors[0].getMessage()
+        assert any("writing again" in r.getMessage() for r in caplog.records)
+    finally:
+        ob.close()
+
+
+# -- damage in the WAL -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_wal_never_stops_the_start(path: Path, damage: str) -> None:
+    ob = Outbox(path)
+    ob.open()
+    ob.set_sinks(["s"])
+    ob.append([ev(1), ev(2)], {})
+    ob.checkpoint()  # 1 and 2 are in the main file
+    ob.append([ev(3)], {})  # 3 only in the WAL
+    wal = Path(f"{path}-wal")
+    saved = wal.read_bytes()
+    db_copy = path.read_bytes()
+    ob._db = None  # leave the WAL as a crash would (no checkpoint on close)
+    path.with_name("copy.db").write_bytes(db_copy)
+    copy_wal = path.with_name("copy.db-wal")
+    if damage == "garbage":
+        copy_wal.write_bytes(random.Random(5).randbytes(len(saved)))
+    else:
+        copy_wal.write_bytes(saved[: len(saved) // 2])
+    again = Outbox(path.with_name("copy.db"))
+    again.open()
+    try:
+        got = seqs(again.pending("s", 10))
+        assert got[:2] == [1, 2]  # what reached the main file is intact; the WAL tail is as far as it is valid
+        assert again.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert damaged(path.with_name("copy.db")) == []
+        again.append([ev(4)], {})
+    finally:
+        again.close()
