@@ -98,12 +98,29 @@ async def take_snapshot(agent: Agent) -> Snapshot:
                 poll_count=st.poll_count,
             )
         )
-    outbox: dict[str, Any] = {"events": 0, "dropped": 0, "dead_letters": 0, "oldest_event_age_seconds": None}
+    outbox: dict[str, Any] = {
+        "events": 0,
+        "bytes": 0,
+        "dropped": 0,
+        "dead_letters": 0,
+        "disk_full": False,
+        "write_errors": 0,
+        "oldest_event_age_seconds": None,
+    }
     sinks: list[SinkView] = []
     if agent.outbox is not None:
         ob = agent.outbox
         stats = await ob.call(ob.sync.stats)
-        outbox.update(events=stats.events, dropped=stats.dropped, dead_letters=stats.dead_letters)
+        outbox.update(
+            events=stats.events,
+            bytes=stats.bytes,
+            dropped=stats.dropped,
+            dead_letters=stats.dead_letters,
+            disk_full=stats.disk_full,
+            write_errors=stats.write_errors,
+        )
+        if stats.disk_full:
+            problems.append("outbox: the disk is full, new events cannot be stored")
         oldest: float | None = None
         for d in agent.deliveries:
             pending = await ob.call(ob.sync.depth, d.sink.id)
@@ -122,8 +139,8 @@ async def take_snapshot(agent: Agent) -> Snapshot:
                     failures=d.failures,
                     last_success=rfc3339(d.last_success) if d.last_success else None,
                     last_error=d.last_error,
-                    send_seconds_sum=getattr(d, "send_seconds_sum", 0.0),
-                    send_count=getattr(d, "send_count", 0),
+                    send_seconds_sum=d.send_seconds_sum,
+                    send_count=d.send_count,
                 )
             )
         outbox["oldest_event_age_seconds"] = None if oldest is None else max(0.0, now - oldest)
