@@ -105,7 +105,8 @@ def admit(
             state = replace(state, raises=(*raises, now)[-keep:] if t.kind is R else raises)
             out.append(t)
         else:
-            state = _hold(replace(state, produced=(*_recent(state.produced, now, cfg.flood_window, keep), now)), t)
+            produced = (*_recent(state.produced, now, cfg.flood_window, keep), now)[-keep:]
+            state = _hold(replace(state, produced=produced), t)
     if state.flooding:
         state, more = _escalate(cfg, machine, state, now, transitions[-1].time)
         out += more

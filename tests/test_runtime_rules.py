@@ -1,0 +1,187 @@
+"""The new rule kinds through the whole agent: simulated PLC -> rules -> outbox -> real HTTP receiver.
+
+Plus the rule tick (time-based behaviour without new samples, as with OPC UA subscriptions) and
+the flood gate, with a push driver fed from the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any, Self
+
+from agent.config import Config, ModbusMachine, OpcuaMachine
+from agent.model import Quality, Sample
+from agent.receiver import Receiver
+from agent.runtime import Agent
+from drivers.modbus.sim import SimulatedMachine
+from tests.conftest import machine_doc
+from tests.test_runtime import of, running
+
+SIGNALS = [
+    {"id": "fault_code", "register": "holding", "address": 20, "type": "uint16"},
+    {"id": "strokes", "register": "holding", "address": 21, "type": "uint16", "unit": "strokes"},
+]
+RULES = [
+    {
+        "id": "code",
+        "machine": "m1",
+        "signal": "fault_code",
+        "kind": "code",
+        "codes": {"12": {"message": "Spindle overload", "severity": "critical"}, "31": {"message": "Coolant low"}},
+    },
+    {
+        "id": "punch",
+        "machine": "m1",
+        "signal": "strokes",
+        "kind": "tool_life",
+        "name": "punch 3",
+        "limit": 1000,
+        "warning_remaining": 100,
+    },
+]
+
+
+async def test_code_and_tool_life_through_the_agent(
+    machine: SimulatedMachine, receiver: Receiver, make_config: Callable[..., Config]
+) -> None:
+    cfg = make_config(machine.port, receiver.url, machines=[machine_doc("m1", machine.port, SIGNALS)], rules=RULES)
+    async with running(cfg):
+        await machine.set("holding", 20, [12])
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/code", "raised")) == 1)
+        await machine.set("holding", 20, [31])
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/code", "updated")) == 1)
+        await machine.set("holding", 20, [0])
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/code", "cleared")) == 1)
+        await machine.set("holding", 21, [950])
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/punch", "raised")) == 1)
+        await machine.set("holding", 21, [1000])
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/punch", "updated")) == 1)
+        await machine.set("holding", 21, [3])  # the tool was changed
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/punch", "cleared")) == 1)
+
+    raised = of(receiver.events, "m1/code", "raised")[0]["data"]
+    assert (raised["code"], raised["code_text"], raised["severity"], raised["value"]) == (
+        12,
+        "Spindle overload",
+        "critical",
+        12,
+    )
+    assert "fault 12" in raised["message"] and "Spindle overload" in raised["message"]
+    updated = of(receiver.events, "m1/code", "updated")[0]["data"]
+    assert (updated["code"], updated["severity"]) == (31, "warning")
+    warned = of(receiver.events, "m1/punch", "raised")[0]["data"]
+    assert (warned["remaining"], warned["severity"], warned["threshold"]) == (50, "warning", 900)
+    assert warned["message"].startswith("punch 3 on m1 has 50 strokes of tool life left")
+    assert of(receiver.events, "m1/punch", "updated")[0]["data"]["remaining"] == 0
+    assert of(receiver.events, "m1/punch", "cleared")[0]["data"]["remaining"] == 997
+    assert len(receiver.events) == 6
+
+
+class FedDriver:
+    """A push driver (like an OPC UA subscription) that delivers only what the test puts in its queue."""
+
+    def __init__(self, queue: asyncio.Queue[list[Sample]]) -> None:
+        self.queue = queue
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        return None
+
+    async def read(self) -> list[Sample]:  # pragma: no cover - the runtime iterates updates()
+        raise NotImplementedError
+
+    async def updates(self) -> AsyncIterator[list[Sample]]:
+        while True:
+            yield await self.queue.get()
+
+
+def fed(queue: asyncio.Queue[list[Sample]]) -> Callable[[ModbusMachine | OpcuaMachine], FedDriver]:
+    return lambda m: FedDriver(queue)
+
+
+def value(signal: str, v: Any) -> list[Sample]:
+    import time
+
+    return [Sample("m1", signal, v, Quality.GOOD, time.time())]
+
+
+async def test_time_based_rules_need_no_new_samples(
+    receiver: Receiver, make_config: Callable[..., Config], unused_tcp_port: int
+) -> None:
+    signals = [{"id": "wear", "address": 0, "unit": "%"}, {"id": "counter", "address": 1}]
+    rules = [
+        {"id": "wear", "machine": "m1", "signal": "wear", "kind": "threshold", "warning": 80, "off_delay": "300ms"},
+        {"id": "frozen", "machine": "m1", "signal": "counter", "kind": "stale", "after": "400ms"},
+    ]
+    cfg = make_config(
+        unused_tcp_port, receiver.url, machines=[machine_doc("m1", 1, signals, offline_after="60s")], rules=rules
+    )
+    queue: asyncio.Queue[list[Sample]] = asyncio.Queue()
+    agent = Agent(cfg, driver_factory=fed(queue))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        queue.put_nowait(value("wear", 85.0) + value("counter", 7))
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/wear", "raised")) == 1)
+        queue.put_nowait(value("wear", 10.0))  # the last sample: the off-delay must expire on the clock
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/wear", "cleared")) == 1)
+        # the counter never changed after its one sample: stale, on the clock alone
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/frozen", "raised")) == 1)
+        queue.put_nowait(value("counter", 8))
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/frozen", "cleared")) == 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    frozen = of(receiver.events, "m1/frozen", "raised")[0]["data"]
+    assert frozen["value"] == 7 and frozen["unchanged_seconds"] >= 0
+    assert of(receiver.events, "m1/wear", "cleared")[0]["data"]["value"] == 10.0
+
+
+async def test_a_flooding_machine_is_summarised(
+    receiver: Receiver, make_config: Callable[..., Config], unused_tcp_port: int
+) -> None:
+    signals = [{"id": f"f{i}", "address": i} for i in range(6)]
+    rules = [{"id": f"f{i}", "machine": "m1", "signal": f"f{i}", "kind": "fault", "chatter_count": 0} for i in range(6)]
+    cfg = make_config(
+        unused_tcp_port,
+        receiver.url,
+        machines=[machine_doc("m1", 1, signals, offline_after="60s")],
+        rules=rules,
+        alerts={"flood_count": 3, "flood_window": "2s"},
+    )
+    queue: asyncio.Queue[list[Sample]] = asyncio.Queue()
+    agent = Agent(cfg, driver_factory=fed(queue))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        for i in range(6):  # six faults at once: three go out, the rest is summarised
+            queue.put_nowait(value(f"f{i}", 1))
+        queue.put_nowait(value("f0", 0))  # held too
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/flood", "raised")) == 1)
+        # two seconds later the machine is calm: the flood clears and each held alert is brought up to date
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/flood", "cleared")) == 1, within=15)
+        # 3 raised, the flood raised and updated with the count, the flood cleared, 1 cleared + 3 raised
+        await receiver.wait_for(lambda ev: len(ev) == 3 + 2 + 1 + 4)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    kinds = [(e["subject"], e["type"].rsplit(".", 1)[1]) for e in receiver.events]
+    assert kinds[:3] == [("m1/f0", "raised"), ("m1/f1", "raised"), ("m1/f2", "raised")]
+    assert kinds[3:5] == [("m1/flood", "raised"), ("m1/flood", "updated")]
+    flood = receiver.events[3]["data"]
+    assert flood["signal"] is None and flood["severity"] == "critical" and flood["held_alerts"] == ["m1/f3"]
+    update = receiver.events[4]["data"]
+    assert update["held_events"] == 4 and update["held_alerts"] == ["m1/f0", "m1/f3", "m1/f4", "m1/f5"]
+    assert "4 event(s) held so far (f0, f3, f4, f5)" in update["message"]
+    cleared_at = kinds.index(("m1/flood", "cleared"))
+    assert sorted(kinds[cleared_at + 1 :]) == [
+        ("m1/f0", "cleared"),
+        ("m1/f3", "raised"),
+        ("m1/f4", "raised"),
+        ("m1/f5", "raised"),
+    ]
+    assert receiver.events[cleared_at]["data"]["held_events"] == 4
