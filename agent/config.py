@@ -213,9 +213,7 @@ class OpcuaMachine(_MachineBase):
     @classmethod
     def _no_password_in_config(cls, data: Any) -> Any:
         if isinstance(data, dict) and "password" in data:
-            raise KeyProblem(
-                "password", "a password never goes in the config: use `password_env` or `password_file`"
-            )
+            raise KeyProblem("password", "a password never goes in the config: use `password_env` or `password_file`")
         return data
 
     @model_validator(mode="after")
@@ -240,7 +238,7 @@ class OpcuaMachine(_MachineBase):
 
     @property
     def message_security_mode(self) -> str:
-        """"None", "Sign" or "SignAndEncrypt": what the session will use."""
+        """The message security mode the session will use: "None", "Sign" or "SignAndEncrypt"."""
         if self.security_policy == "None":
             return "None"
         return self.security_mode or "SignAndEncrypt"

@@ -552,3 +552,75 @@ def test_check_summary_says_how_each_opcua_machine_is_read() -> None:
         "user svc (password from /run/credentials/pw)"
     ) in lines
     assert "  poll: all 1 node(s) in one Read every 1s, no security" in lines
+
+
+class FreezingProxy:
+    """TCP proxy to the server; ``freeze()`` stops forwarding on open connections without closing them.
+
+    That is a pulled cable or a hung PLC: no FIN, no RST, just silence. New connections go through.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.upstream_port = port
+        self.frozen: set[asyncio.StreamWriter] = set()
+        self._open: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> FreezingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in self._open:
+            w.close()
+
+    def freeze(self) -> None:
+        self.frozen |= self._open
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._open |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, mine: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if mine in self.frozen:
+                    continue  # swallowed: the peer hears nothing, the socket stays open
+                dst.write(data)
+                await dst.drain()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pump(reader, up_writer, writer), pump(up_reader, writer, writer))
+
+
+async def test_a_silent_connection_ends_the_session_in_both_modes(opcua: OpcuaSim, tmp_path: Path) -> None:
+    """No FIN, no RST, no BadShutdown: the session must still end (then the supervisor reconnects)."""
+    async with FreezingProxy(opcua.port) as proxy:
+        doc = {"endpoint": f"opc.tcp://127.0.0.1:{proxy.port}/andon/", "poll_interval": "100ms", "timeout": "500ms"}
+        sub = machine(tmp_path, opcua, {"wear": "Sub.Wear"}, **doc)
+        poll = machine(tmp_path, opcua, {"wear": "Poll.Wear"}, mode="poll", **doc)
+
+        async def subscribed() -> None:
+            async with OpcuaDriver(sub) as driver:
+                async for _ in driver.updates():
+                    proxy.freeze()
+
+        async def polled() -> None:
+            async with OpcuaDriver(poll) as driver:
+                while True:
+                    await driver.read()
+                    proxy.freeze()
+                    await asyncio.sleep(0.1)
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(8):
+            for run in (subscribed, polled):
+                with pytest.raises(ConnectionLost):
+                    await run()
+        assert loop.time() - started < 8
+        async with OpcuaDriver(sub) as driver:  # a fresh session through the same proxy works
+            await anext(driver.updates())

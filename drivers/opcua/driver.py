@@ -216,7 +216,10 @@ class OpcuaDriver:
 
     async def _on_lost(self, exc: Exception) -> None:
         """asyncua's connection_lost_callback: its watchdog or the transport saw the session die."""
-        self._lost = f"connection lost: {_why(exc)}"
+        if isinstance(exc, TimeoutError):
+            self._lost = "connection lost: the server stopped answering (watchdog read timed out)"
+        else:
+            self._lost = f"connection lost: {_why(exc)}"
 
     def _alive(self) -> Client:
         """The client, or ConnectionLost when asyncua has noticed the session is gone."""
