@@ -449,3 +449,15 @@ def test_check_prints_buses_and_readable_signal_lines() -> None:
     assert "  signal name: holding 20 string of 4 registers" in lines
     assert "  signal swapped: holding 30 uint16 BADC" in lines
     assert "  signal wide: holding 40 int32 ABCD" in lines
+
+
+async def test_a_reloaded_config_brings_new_serial_settings_once_the_bus_is_free(bus3: SimulatedMachine) -> None:
+    old = modbus(rtu_machine(bus3.url, 1, baudrate=9600))
+    new = modbus(rtu_machine(bus3.url, 1, baudrate=115200))
+    bus = Bus(old)
+    async with ModbusDriver(old, bus), ModbusDriver(new, bus) as driver:  # the old session runs: old settings
+        assert await driver.read()
+        assert bus._settings is old
+    async with ModbusDriver(new, bus) as driver:  # everyone left: the next connection uses the new ones
+        assert [s.value for s in await driver.read()] == [1, 10]
+        assert bus._settings is new and bus.connects == 2

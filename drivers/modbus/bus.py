@@ -68,15 +68,19 @@ class Bus:
 
     def __init__(self, machine: ModbusMachine) -> None:
         self.name = machine.bus
-        self._settings = machine  # the connection settings (machines on one bus agree on them)
         self._lock = asyncio.Lock()
         self._client: Client | None = None
         self._users = 0
         self._quiet_until = 0.0
         self._silent = 0  # requests in a row without an answer
-        self._min_gap = rtu_silence(machine.baudrate) if machine.serial is not None else 0.0
+        self._use_settings(machine)
         self.connects = 0  # connections opened (for tests and metrics)
         self.requests = 0  # requests sent
+
+    def _use_settings(self, machine: ModbusMachine) -> None:
+        """Connect with ``machine``'s settings from now on (machines on one bus agree on them)."""
+        self._settings = machine
+        self._min_gap = rtu_silence(machine.baudrate) if machine.serial is not None else 0.0
 
     @property
     def connected(self) -> bool:
@@ -129,7 +133,12 @@ class Bus:
             self._client = None
 
     async def open(self, machine: ModbusMachine) -> None:
-        """Join the bus, connecting it if needed. Raises ConnectionLost (and does not join) on failure."""
+        """Join the bus, connecting it if needed. Raises ConnectionLost (and does not join) on failure.
+
+        The first to join an unused (closed) bus brings the connection settings: a reloaded
+        config with another baud rate takes effect once the old sessions have left."""
+        if self._users == 0:
+            self._use_settings(machine)
         self._users += 1
         try:
             async with self._lock:
