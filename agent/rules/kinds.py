@@ -16,6 +16,7 @@ from agent.config import CodeRule, FaultRule, ForecastRule, Rule, StaleRule, Thr
 from agent.model import Sample, Severity, Value
 
 FORECAST_MAX_POINTS = 240  # history points kept per forecast rule (thinned evenly over its window)
+FORECAST_HOLD = 1.2  # an active forecast clears when its estimate is beyond 1.2 x horizon (a deadband)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +151,16 @@ def fit(points: tuple[tuple[float, float], ...], now: float) -> Fit | None:
     n = len(points)
     if n < 2:
         return None
-    tm = math.fsum(t for t, _ in points) / n
-    vm = math.fsum(v for _, v in points) / n
-    stt = math.fsum((t - tm) ** 2 for t, _ in points)
+    tm = sum(t for t, _ in points) / n
+    vm = sum(v for _, v in points) / n
+    stt = stv = svv = 0.0
+    for t, v in points:
+        dt, dv = t - tm, v - vm
+        stt += dt * dt
+        stv += dt * dv
+        svv += dv * dv
     if stt <= 0:
         return None
-    stv = math.fsum((t - tm) * (v - vm) for t, v in points)
-    svv = math.fsum((v - vm) ** 2 for _, v in points)
     slope = stv / stt
     r2 = (stv * stv) / (stt * svv) if svv > 0 else 0.0
     return Fit(slope, min(r2, 1.0), vm + slope * (now - tm), n)
@@ -190,9 +194,9 @@ def _forecast(
     if active is None and f.r2 < rule.min_r2:
         return memo, normal  # too scattered to believe (an active forecast is kept while the trend holds)
     eta = max(0.0, (rule.limit - f.at_now) / f.slope)
-    if eta > rule.horizon:
+    if eta > rule.horizon * (FORECAST_HOLD if active is not None else 1.0):
         return memo, normal
-    per_minute = f.slope * 60
+    per_minute = float(f"{f.slope * 60:.2g}")
     fields = {
         "limit": rule.limit,
         "eta": human_duration(eta),
