@@ -138,7 +138,10 @@ class Delivery:
         """Deliver until :meth:`stop`; a batch in flight is finished first, so a clean stop sends nothing twice."""
         while not self._stopping.is_set():
             self._wakeup.clear()
-            batch = await self._outbox.call(self._outbox.sync.pending, self.sink.id, self.batch_size)
+            try:
+                batch = await self._pending()
+            except RetryError:
+                return
             if not batch:
                 await self._wakeup.wait()
                 continue
@@ -155,6 +158,17 @@ class Delivery:
             except RetryError:
                 return  # stopping while the upstream fails: the events wait in the outbox
             await self._report_drops()
+
+    async def _pending(self) -> list[StoredEvent]:
+        """The next batch; a read the outbox refuses (e.g. a damaged file being replaced) is retried."""
+        batch: list[StoredEvent] = []
+
+        async def read() -> None:
+            nonlocal batch
+            batch = await self._outbox.call(self._outbox.sync.pending, self.sink.id, self.batch_size)
+
+        await self._retrying(read, OutboxError)
+        return batch
 
     async def flush(self) -> None:
         """One last try to deliver what is pending, without retries (at shutdown)."""

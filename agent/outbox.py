@@ -23,6 +23,11 @@ filesystem. The WAL is checkpointed automatically every ``wal_autocheckpoint`` p
 ``journal_size_limit`` after a checkpoint, and checkpointed with TRUNCATE after a drain when it
 grew large (a reader such as ``andon-agent outbox`` can hold a checkpoint back for a while).
 
+A damaged file (not a database, or SQLite finds it malformed) is set aside with a timestamped
+name (``outbox.db.damaged-<UTC time>``), logged loudly, and replaced by an empty one: at open, and
+also when a read or write finds the damage while running. An error that says nothing about the
+contents (locked, permissions, I/O) is never taken for damage.
+
 A full disk (``SQLITE_FULL``: ENOSPC, or ``max_page_count``) makes writes raise
 :class:`~agent.errors.OutboxError`; it is logged once, and the next write that succeeds logs the
 recovery. Nothing is half-written: the transaction is rolled back.
@@ -140,6 +145,7 @@ class Outbox:
         self._full_logged = False
         self._disk_full = False
         self._write_errors = 0
+        self._sinks: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -240,29 +246,57 @@ class Outbox:
                     db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            self._write_errors += 1
-            with contextlib.suppress(sqlite3.Error):  # the work may have counted rows it then rolled back
-                self._recount()
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                if not self._disk_full:
-                    self._disk_full = True
-                    log.error(
-                        "outbox %s: the disk is full (%s): new events cannot be committed and wait in the "
-                        "machines' rule state (tried again on every poll); delivery goes on; writing resumes "
-                        "by itself when there is space again",
-                        self.path,
-                        exc,
-                    )
-                raise OutboxError(f"outbox {self.path}: disk full: {exc}") from exc
-            raise OutboxError(f"outbox {self.path}: {exc}") from exc
+            self._write_errors += 1  # the counters in memory change only after a commit: nothing to undo
+            raise self._failed(exc) from exc
         if self._disk_full:
             self._disk_full = False
             log.info("outbox %s: writing again (the disk has space)", self.path)
 
+    def _failed(self, exc: sqlite3.Error) -> OutboxError:
+        """Log (once) what a failed read or write means; set a file found damaged aside. Returns the error."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL:
+            if not self._disk_full:
+                self._disk_full = True
+                log.error(
+                    "outbox %s: the disk is full (%s): new events cannot be committed and wait in the "
+                    "machines' rule state (tried again on every poll); delivery goes on; writing resumes "
+                    "by itself when there is space again",
+                    self.path,
+                    exc,
+                )
+            return OutboxError(f"outbox {self.path}: disk full: {exc}")
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            self.close()
+            aside = self._set_aside()
+            log.error(
+                "OUTBOX DAMAGED while running: %s (%s); moved it to %s for a post-mortem and started an empty "
+                "outbox. Events that were waiting in it are not delivered.",
+                self.path,
+                exc,
+                aside,
+            )
+            try:
+                self._db = self._connect()
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO cursors (sink, seq) VALUES (?, 0)", [(n,) for n in self._sinks]
+                )
+                self._recount()
+            except sqlite3.Error as again:
+                return OutboxError(f"outbox {self.path}: cannot create a fresh outbox: {again}")
+        return OutboxError(f"outbox {self.path}: {exc}")
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
+
     # -- writing ---------------------------------------------------------------------------
 
     def last_seq(self) -> int:
-        return self._meta("last_seq")
+        (row,) = self._read("SELECT value FROM meta WHERE key = 'last_seq'")
+        return int(row[0])
 
     def append(
         self,
@@ -306,9 +340,9 @@ class Outbox:
         if events and self._oldest is None:
             self._oldest = events[0].seq
         if dropped or reported_drops:
-            self._dropped = self._meta("dropped")
-            self.unreported_drops = self._meta("drop_n")
-            self._oldest = self.db.execute("SELECT min(seq) FROM events").fetchone()[0]
+            tally = dict(self._read("SELECT key, value FROM meta WHERE key IN ('dropped', 'drop_n')"))
+            self._dropped, self.unreported_drops = tally["dropped"], tally["drop_n"]
+            self._oldest = self._read("SELECT min(seq) FROM events")[0][0]
 
     def _mark_reported(self, db: sqlite3.Connection, n: int) -> None:
         db.execute("UPDATE meta SET value = max(0, value - ?) WHERE key = 'drop_n'", (n,))
@@ -364,7 +398,7 @@ class Outbox:
 
     def drop_report(self) -> DropReport | None:
         """The drops not yet reported upstream, or None."""
-        values = dict(self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'drop_%'").fetchall())
+        values = dict(self._read("SELECT key, value FROM meta WHERE key LIKE 'drop_%'"))
         if not values.get("drop_n"):
             return None
         return DropReport(
@@ -378,11 +412,12 @@ class Outbox:
     # -- reading and settling ----------------------------------------------------------------
 
     def alerts(self) -> dict[str, dict[str, Any]]:
-        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, state FROM alerts")}
+        return {k: json.loads(v) for k, v in self._read("SELECT key, state FROM alerts")}
 
     def set_sinks(self, sinks: Iterable[str]) -> None:
         """Register the configured sinks; forget cursors of sinks no longer configured."""
         names = list(sinks)
+        self._sinks = names  # registered again if a damaged file has to be replaced while running
 
         def work(db: sqlite3.Connection) -> None:
             for name in names:
@@ -396,17 +431,18 @@ class Outbox:
 
     def pending(self, sink: str, limit: int) -> list[StoredEvent]:
         """The oldest events the sink has not settled yet, in ``seq`` order."""
-        rows = self.db.execute(
+        rows = self._read(
             "SELECT seq, id, severity, body FROM events "
             "WHERE seq > (SELECT seq FROM cursors WHERE sink = ?) ORDER BY seq LIMIT ?",
             (sink, limit),
-        ).fetchall()
+        )
         return [StoredEvent(seq, id_, Severity(sev), bytes(body)) for seq, id_, sev, body in rows]
 
     def depth(self, sink: str | None = None) -> int:
         if sink is None:
             return self._count
-        return self._scalar("SELECT COUNT(*) FROM events WHERE seq > (SELECT seq FROM cursors WHERE sink = ?)", (sink,))
+        (row,) = self._read("SELECT COUNT(*) FROM events WHERE seq > (SELECT seq FROM cursors WHERE sink = ?)", (sink,))
+        return int(row[0])
 
     def settle(self, sink: str, up_to: int, rejected: Sequence[tuple[StoredEvent, str]] = ()) -> None:
         """Mark every event up to ``up_to`` as done for ``sink``; ``rejected`` ones go to dead letters."""
@@ -424,11 +460,11 @@ class Outbox:
             freed.extend(self._delete_settled(db))
 
         self._transaction(work)
-        self._dead = self._scalar("SELECT count(*) FROM dead_letters")  # `andon-agent outbox` may change them
+        self._dead = int(self._read("SELECT count(*) FROM dead_letters")[0][0])  # `andon-agent outbox` changes them
         if freed:
             self._count -= len(freed)
             self._bytes -= sum(freed)
-            self._oldest = self.db.execute("SELECT min(seq) FROM events").fetchone()[0]
+            self._oldest = self._read("SELECT min(seq) FROM events")[0][0]
             if self._count == 0:
                 self._after_drain()
 

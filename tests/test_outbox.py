@@ -551,3 +551,30 @@ def test_damaged_wal_never_stops_the_start(path: Path, damage: str) -> None:
         again.append([ev(4)], {})
     finally:
         again.close()
+
+
+def test_damage_found_while_running_sets_the_file_aside_and_goes_on(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    ob = Outbox(path)
+    ob.open()
+    ob.set_sinks(["s"])
+    try:
+        first = ob.last_seq() + 1
+        ob.append([big(first + i, W, 3000) for i in range(40)], {"m/a": {"n": 1}})
+        ob.checkpoint()
+        with path.open("r+b") as f:  # a bad SD card sector in the middle of the file
+            f.seek(4096 * 3)
+            f.write(random.Random(9).randbytes(4096 * 8))
+        ob._db.close()  # type: ignore[union-attr]  # as if SQLite read the pages again
+        ob._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        with pytest.raises(OutboxError):
+            ob.pending("s", 100)
+        assert len([p for p in damaged(path) if not p.name.endswith(("-wal", "-shm"))]) == 1
+        assert any("DAMAGED while running" in r.getMessage() for r in caplog.records)
+        ob.append([ev(first + 100)], {})  # a fresh file: writing goes on
+        assert seqs(ob.pending("s", 10)) == [first + 100] and ob.stats().events == 1
+    finally:
+        ob.close()
