@@ -63,8 +63,9 @@ class Drivers:
 
     Modbus machines with the same :attr:`~agent.config.ModbusMachine.bus` (one serial port, or one
     ``host:port`` and framer) share one connection, a :class:`drivers.modbus.bus.Bus`: requests on
-    it go one at a time, and a unit that does not answer does not close it for the others.
-    pymodbus is imported only when a Modbus machine is made.
+    it go one at a time, and a unit that does not answer does not close it for the others. A read
+    on a shared bus may also wait for the requests of the other units ahead of it (each bounded by
+    its machine's ``timeout``). pymodbus is imported only when a Modbus machine is made.
     """
 
     def __init__(self) -> None:

@@ -167,7 +167,6 @@ class Bus:
             if pause > 0:
                 await asyncio.sleep(pause)
             read = getattr(client, _READS[table])
-            where = f"{table} {address}..{address + count - 1}"
             self.requests += 1
             try:
                 async with asyncio.timeout(machine.timeout):
@@ -177,11 +176,13 @@ class Bus:
                 if self._silent >= RESET_AFTER:  # nobody answers: reopen the connection next time
                     self._drop()
                 what = "no answer" if isinstance(exc, TimeoutError) else f"no valid answer ({exc})"
+                where = f"{table} {address}..{address + count - 1}"
                 raise NoAnswer(
                     machine.id, f"unit {machine.unit} on {self.name}: {what} to {where} within {machine.timeout:g}s"
                 ) from exc
             except (ConnectionException, OSError) as exc:
                 self._drop()
+                where = f"{table} {address}..{address + count - 1}"
                 raise ConnectionLost(
                     machine.id, f"{self.name}: connection lost reading {where}: {exc or type(exc).__name__}"
                 ) from exc
