@@ -615,12 +615,92 @@ async def test_a_silent_connection_ends_the_session_in_both_modes(opcua: OpcuaSi
                     proxy.freeze()
                     await asyncio.sleep(0.1)
 
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        async with asyncio.timeout(8):
-            for run in (subscribed, polled):
-                with pytest.raises(ConnectionLost):
-                    await run()
-        assert loop.time() - started < 8
+        async def ends(run: Callable[[], Any]) -> None:
+            with pytest.raises(ConnectionLost):
+                await run()
+
+        async with asyncio.timeout(6):  # the watchdog reads every max(1s, timeout); stale publish: 2.4s
+            await asyncio.gather(ends(subscribed), ends(polled))
         async with OpcuaDriver(sub) as driver:  # a fresh session through the same proxy works
             await anext(driver.updates())
+
+
+@contextlib.asynccontextmanager
+async def operation_limits(sim: OpcuaSim, per_read: int, per_call: int) -> AsyncIterator[None]:
+    """Give the shared server small MaxNodesPerRead / MaxMonitoredItemsPerCall for one test."""
+    nodes = [
+        sim.server.get_node(ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)),
+        sim.server.get_node(ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)),
+    ]
+    old = [await n.read_value() for n in nodes]
+    for n, v in zip(nodes, (per_read, per_call), strict=True):
+        await n.write_value(ua.Variant(v, ua.VariantType.UInt32))
+    try:
+        yield
+    finally:
+        for n, v in zip(nodes, old, strict=True):
+            await n.write_value(ua.Variant(v or 0, ua.VariantType.UInt32))
+
+
+async def test_the_servers_operation_limits_split_reads_and_subscriptions(
+    opcua: OpcuaSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncua.common.subscription import Subscription
+
+    calls: list[int] = []
+    create = Subscription.create_monitored_items
+
+    async def counting(self: Subscription, items: Any) -> Any:
+        items = list(items)
+        calls.append(len(items))
+        return await create(self, items)
+
+    monkeypatch.setattr(Subscription, "create_monitored_items", counting)
+    names = {"a": "Int16", "b": "Int32", "c": "Double", "d": "String", "e": "Bool"}
+    async with operation_limits(opcua, per_read=2, per_call=3):
+        for mode in ("poll", "subscribe"):
+            m = machine(tmp_path, opcua, names, mode=mode)
+            async with OpcuaDriver(m) as driver:
+                assert (driver._max_read, driver._max_items) == (2, 3)
+                client = driver._client
+                assert client is not None
+                reads: list[int] = []
+                inner = client.uaclient.read_attributes
+
+                async def count_reads(nodeids: list[Any], attr: Any, inner: Any = inner, reads: Any = reads) -> Any:
+                    reads.append(len(nodeids))
+                    return await inner(nodeids, attr)
+
+                client.uaclient.read_attributes = count_reads  # type: ignore[method-assign]
+                if isinstance(driver, OpcuaSubscriptionDriver):
+                    got = by_signal(await anext(driver.updates()))
+                else:
+                    got = by_signal(await driver.read())
+                assert all(s.good for s in got.values()) and got["d"].value == "program 42"
+                assert reads == [2, 2, 1]
+    assert calls == [3, 2]
+
+
+async def test_a_monitored_item_the_server_refuses_makes_its_signal_bad(
+    opcua: OpcuaSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value that reads fine but cannot be monitored must not be re-sent, frozen, forever."""
+    from asyncua.common.subscription import Subscription
+
+    create = Subscription.create_monitored_items
+
+    async def refuse_the_second(self: Subscription, items: Any) -> Any:
+        results = await create(self, items)
+        return [results[0], ua.StatusCode(ua.StatusCodes.BadTooManyMonitoredItems), *results[2:]]
+
+    monkeypatch.setattr(Subscription, "create_monitored_items", refuse_the_second)
+    m = machine(tmp_path, opcua, {"wear": "Sub.Wear", "other": "Sub.Other"})
+    async with OpcuaDriver(m) as driver:
+        assert isinstance(driver, OpcuaSubscriptionDriver)
+        updates = driver.updates()
+        first = by_signal(await anext(updates))
+        assert first["wear"].good
+        assert (first["other"].good, first["other"].error) == (False, "BadTooManyMonitoredItems")
+        await opcua.set("Sub.Wear", 55.5)
+        got = await next_until(updates, lambda s: s["wear"].value == 55.5)
+        assert got["other"].error == "BadTooManyMonitoredItems"

@@ -33,6 +33,7 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.common.node import Node
 from asyncua.common.subscription import Subscription
 from asyncua.crypto import security_policies, uacrypto
+from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError
 
 from agent.config import OpcuaMachine
@@ -195,6 +196,8 @@ class OpcuaDriver:
         self._nodes: list[Node | None] = []  # per signal; None: the node id cannot be parsed
         self._lost: str | None = None  # why asyncua says the connection is gone
         self._reported: dict[str, str] = {}  # signal -> the bad status logged for it (once per change)
+        self._max_read = 0  # the server's MaxNodesPerRead (0: no limit)
+        self._max_items = 0  # the server's MaxMonitoredItemsPerCall (0: no limit)
 
     async def __aenter__(self) -> Self:
         self._lost = None
@@ -205,7 +208,26 @@ class OpcuaDriver:
                 self._nodes.append(self._client.get_node(s.node))
             except (UaError, ValueError):
                 self._nodes.append(None)
+        self._max_read, self._max_items = await self._operation_limits(self._client)
         return self
+
+    async def _operation_limits(self, client: Client) -> tuple[int, int]:
+        """The server's MaxNodesPerRead and MaxMonitoredItemsPerCall (0 where it sets no limit)."""
+        ids = (
+            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+        )
+        try:
+            async with asyncio.timeout(self.machine.timeout + 0.5):
+                results = await client.read_attributes([client.get_node(ua.NodeId(ua.Int32(i))) for i in ids])
+        except NETWORK_ERRORS as exc:
+            await close_client(client)
+            raise ConnectionLost(self.machine.id, f"cannot read the server's limits: {_why(exc)}") from exc
+        limits = []
+        for dv in results:
+            status, value = status_and_value(dv)
+            limits.append(value if status is None and isinstance(value, int) and value > 0 else 0)
+        return limits[0], limits[1]
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -238,11 +260,16 @@ class OpcuaDriver:
         return [n for n in self._nodes if n is not None]
 
     async def _read_all(self, client: Client) -> list[tuple[str | None, Any]]:
-        """(status name or None, value) per signal, from one Read of every valid node."""
+        """(status name or None, value) per signal, from one Read of every valid node.
+
+        More Reads only when the server's MaxNodesPerRead is lower than the number of nodes.
+        """
         nodes = self._valid
+        results: list[ua.DataValue] = []
         try:
-            async with asyncio.timeout(self.machine.timeout + 0.5):
-                results = await client.read_attributes(nodes) if nodes else []
+            for chunk in _chunks(nodes, self._max_read):
+                async with asyncio.timeout(self.machine.timeout + 0.5):
+                    results += await client.read_attributes(chunk)
         except NETWORK_ERRORS as exc:
             raise ConnectionLost(self.machine.id, f"read failed: {_why(exc)}") from exc
         if len(results) != len(nodes):
@@ -285,6 +312,15 @@ class OpcuaDriver:
         client = self._alive()
         readings = await self._read_all(client)
         return self._samples(readings, time.time())
+
+
+def _chunks(items: list[Node], size: int) -> list[list[Node]]:
+    """``items`` in pieces of at most ``size`` (0: one piece); no pieces for no items."""
+    if not items:
+        return []
+    if size <= 0:
+        return [items]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def status_and_value(dv: ua.DataValue) -> tuple[str | None, Any]:
@@ -357,23 +393,30 @@ class OpcuaSubscriptionDriver(OpcuaDriver):
         m = self.machine
         client = self._alive()
         params, stale_after = self._subscription_parameters()
-        index: dict[Any, list[int]] = {}  # node id -> the signals reading it
-        for i, node in enumerate(self._nodes):
-            if node is not None:
-                index.setdefault(node.nodeid, []).append(i)
+        signal_of = [i for i, node in enumerate(self._nodes) if node is not None]  # per valid node
+        nodes = self._valid
+        items: list[int | ua.StatusCode] = []
         try:
             async with asyncio.timeout(connect_budget(m)):
                 sub: Subscription = await client.create_subscription(params, self._inbox)
-                nodes = self._valid
-                if nodes:
-                    await sub.subscribe_data_change(
-                        nodes, sampling_interval=ua.Double(m.poll_interval * 1000.0), queuesize=10
+                for chunk in _chunks(nodes, self._max_items):
+                    items += await sub.subscribe_data_change(
+                        chunk, sampling_interval=ua.Double(m.poll_interval * 1000.0), queuesize=10
                     )
         except NETWORK_ERRORS as exc:
             raise ConnectionLost(m.id, f"cannot subscribe: {_why(exc)}") from exc
         subscribed, sub_id = time.monotonic(), sub.subscription_id
-        # Items the server refused (e.g. BadNodeIdUnknown) read as bad below, with the same status.
+        index: dict[Any, list[int]] = {}  # node id -> the signals its monitored item updates
+        refused: dict[int, str] = {}  # signal -> why the server refused its monitored item
+        for i, node, created in zip(signal_of, nodes, items, strict=True):
+            if isinstance(created, ua.StatusCode):
+                refused[i] = created.name
+            else:
+                index.setdefault(node.nodeid, []).append(i)
         readings = await self._read_all(client)
+        for i, why in refused.items():  # no item, no updates: bad, never a frozen value
+            if readings[i][0] is None:
+                readings[i] = (why, None)
         yield self._samples(readings, time.time())
 
         queue = self._inbox.queue
