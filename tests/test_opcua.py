@@ -704,3 +704,29 @@ async def test_a_monitored_item_the_server_refuses_makes_its_signal_bad(
         await opcua.set("Sub.Wear", 55.5)
         got = await next_until(updates, lambda s: s["wear"].value == 55.5)
         assert got["other"].error == "BadTooManyMonitoredItems"
+
+
+@pytest.mark.parametrize(
+    ("push", "message"),
+    [
+        (lambda d: d._inbox.status_change_notification(_status(ua.StatusCodes.BadTimeout)), "status BadTimeout"),
+        (lambda d: d._inbox.status_change_notification(_status(ua.StatusCodes.BadShutdown)), "status BadShutdown"),
+        (lambda d: asyncio.ensure_future(d._on_lost(ConnectionError("transport lost"))), "transport lost"),
+    ],
+)
+async def test_a_subscription_status_change_or_lost_connection_ends_updates(
+    opcua: OpcuaSim, tmp_path: Path, push: Callable[[Any], Any], message: str
+) -> None:
+    m = machine(tmp_path, opcua, {"wear": "Sub.Wear"}, poll_interval="1s")
+    async with OpcuaDriver(m) as driver:
+        updates = driver.updates()
+        await anext(updates)
+        push(driver)
+        with pytest.raises(ConnectionLost, match=message):
+            async with asyncio.timeout(0.5):  # at once, not after a poll_interval or a watchdog tick
+                async for _ in updates:  # the subscription's initial notification may come first
+                    pass
+
+
+def _status(code: int) -> ua.StatusChangeNotification:
+    return ua.StatusChangeNotification(Status=ua.StatusCode(code))
