@@ -486,3 +486,22 @@ def test_forecast_never_fires_on_a_flat_or_falling_signal(
         v = v if flat else v - fall
         timeline.append((t, v))
     assert run(rule, timeline) == []
+
+
+def test_forecast_does_not_flap_at_the_horizon() -> None:
+    """Raised within the horizon; once active it holds until the estimate is beyond 1.2 x the horizon."""
+    from agent.rules.kinds import observe
+
+    rule = forecast(horizon="10m", min_points=3)
+    memo = None
+    for t, v in ramp(47, 0.05, 299):  # ends at 61.95 %: the limit 95 % is 661 s (11 min) away
+        memo, _ = observe(rule, None, memo, sample(v, t), t)
+    last = sample(62.0, 300)
+    _, fresh = observe(rule, None, memo, last, 300.0)
+    _, held = observe(rule, W, memo, last, 300.0)
+    assert fresh is not None and fresh.severity is None  # 11 min > 10 min: not raised
+    assert held is not None and held.severity is W and held.data["seconds_to_limit"] == 660  # but kept
+    memo = None
+    for t, v in ramp(40, 0.05, 300):  # ends at 55 %: 800 s away, more than 1.2 x the horizon
+        memo, gone = observe(rule, W, memo, sample(v, t), t)
+    assert gone is not None and gone.severity is None
