@@ -730,3 +730,27 @@ async def test_a_subscription_status_change_or_lost_connection_ends_updates(
 
 def _status(code: int) -> ua.StatusChangeNotification:
     return ua.StatusChangeNotification(Status=ua.StatusCode(code))
+
+
+async def test_a_revised_publishing_interval_sets_the_dead_subscription_limit(
+    opcua: OpcuaSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server with a longer minimum publishing interval is not taken for a dead one (nor its keep-alive)."""
+    service = opcua.server.iserver.subscription_service
+    create = service.create_subscription
+
+    async def at_least_400ms(params: ua.CreateSubscriptionParameters, *args: Any, **kwargs: Any) -> Any:
+        params.RequestedPublishingInterval = max(params.RequestedPublishingInterval, 400.0)
+        return await create(params, *args, **kwargs)
+
+    monkeypatch.setattr(service, "create_subscription", at_least_400ms)
+    m = machine(tmp_path, opcua, {"wear": "Sub.Wear"}, poll_interval="100ms", offline_after="600ms", timeout="1s")
+    async with OpcuaDriver(m) as driver:
+        assert isinstance(driver, OpcuaSubscriptionDriver)
+        updates = driver.updates()
+        await anext(updates)
+        assert driver.revised is not None and driver.revised.RevisedPublishingInterval == 400.0
+        assert driver.revised.RevisedMaxKeepAliveCount == 2  # as requested: no 45 s keep-alive
+        assert driver.stale_after == pytest.approx(2 * 0.4 * 2 + 1.0 + 1.0)
+        sub = service.subscriptions[driver.revised.SubscriptionId]
+        assert sub.data.RevisedMaxKeepAliveCount == 2  # asyncua did not modify it afterwards

@@ -369,13 +369,15 @@ class OpcuaSubscriptionDriver(OpcuaDriver):
     def __init__(self, machine: OpcuaMachine) -> None:
         super().__init__(machine)
         self._inbox = _Inbox()
+        self.revised: ua.CreateSubscriptionResult | None = None  # the server's answer to our subscription
+        self.stale_after = 0.0  # no publish response for this long: the subscription is dead
 
     async def _on_lost(self, exc: Exception) -> None:
         await super()._on_lost(exc)
         self._inbox.lost(self._lost or "connection lost")
 
-    def _subscription_parameters(self) -> tuple[ua.CreateSubscriptionParameters, float]:
-        """The subscription's parameters, and how long without any publish response means it is dead."""
+    def _subscription_parameters(self) -> ua.CreateSubscriptionParameters:
+        """Publishing every poll_interval; a keep-alive every offline_after / 3 (at most 10 s) when idle."""
         m = self.machine
         period = m.poll_interval
         keepalive_s = min(max(m.offline_after / 3, period), 10.0)
@@ -387,18 +389,34 @@ class OpcuaSubscriptionDriver(OpcuaDriver):
         params.MaxNotificationsPerPublish = 0  # no limit
         params.PublishingEnabled = True
         params.Priority = 0
-        return params, 2 * keepalive * period + m.timeout + 1.0
+        return params
+
+    def _stale_after(self, revised: ua.CreateSubscriptionResult) -> float:
+        """How long without any publish response (data or keep-alive) means the subscription is dead.
+
+        From the server's revised values: a server with a longer minimum publishing interval, or
+        another keep-alive count, must not be taken for a dead one.
+        """
+        m = self.machine
+        interval = revised.RevisedPublishingInterval / 1000.0
+        if interval > m.poll_interval * 1.01:
+            log.info("machine %s: the server publishes every %gs, not every poll_interval", m.id, interval)
+        return float(2 * interval * max(1, int(revised.RevisedMaxKeepAliveCount)) + m.timeout + 1.0)
 
     async def updates(self) -> AsyncIterator[list[Sample]]:
         m = self.machine
         client = self._alive()
-        params, stale_after = self._subscription_parameters()
+        params = self._subscription_parameters()
         signal_of = [i for i, node in enumerate(self._nodes) if node is not None]  # per valid node
         nodes = self._valid
         items: list[int | ua.StatusCode] = []
         try:
             async with asyncio.timeout(connect_budget(m)):
-                sub: Subscription = await client.create_subscription(params, self._inbox)
+                # Not client.create_subscription(): on a revised publishing interval it would raise the
+                # keep-alive count to 75 % of the session timeout (a keep-alive every 45 s), and its
+                # stale-subscription watchdog would re-create the subscription behind our back.
+                sub = Subscription(client.uaclient.session, params, self._inbox)
+                self.revised = revised = await sub.init()
                 for chunk in _chunks(nodes, self._max_items):
                     items += await sub.subscribe_data_change(
                         chunk, sampling_interval=ua.Double(m.poll_interval * 1000.0), queuesize=10
@@ -406,6 +424,7 @@ class OpcuaSubscriptionDriver(OpcuaDriver):
         except NETWORK_ERRORS as exc:
             raise ConnectionLost(m.id, f"cannot subscribe: {_why(exc)}") from exc
         subscribed, sub_id = time.monotonic(), sub.subscription_id
+        stale_after = self.stale_after = self._stale_after(revised)
         index: dict[Any, list[int]] = {}  # node id -> the signals its monitored item updates
         refused: dict[int, str] = {}  # signal -> why the server refused its monitored item
         for i, node, created in zip(signal_of, nodes, items, strict=True):
@@ -422,8 +441,8 @@ class OpcuaSubscriptionDriver(OpcuaDriver):
         queue = self._inbox.queue
         while True:
             if sub.subscription_id != sub_id:
-                # asyncua's own watchdog re-created a stale subscription; its notifications can get lost
-                # in between (seen with asyncua 2.1), so start afresh: new session, subscription and read.
+                # Someone re-created it (asyncua's watchdog does so for the subscriptions it made; with
+                # asyncua 2.1 notifications got lost that way): start afresh, new session and read.
                 raise ConnectionLost(m.id, f"subscription {sub_id} went stale (no publish responses)")
             heard = sub.last_publish_at or subscribed
             if time.monotonic() - heard > stale_after:
