@@ -461,3 +461,22 @@ async def test_a_reloaded_config_brings_new_serial_settings_once_the_bus_is_free
     async with ModbusDriver(new, bus) as driver:  # everyone left: the next connection uses the new ones
         assert [s.value for s in await driver.read()] == [1, 10]
         assert bus._settings is new and bus.connects == 2
+
+
+def test_fast_register_replies_decode_like_pymodbus_and_check_the_byte_count() -> None:
+    from pymodbus.exceptions import ModbusIOException
+    from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
+
+    from drivers.modbus.bus import _HoldingRegisters, _InputRegisters
+
+    data = bytes([6, 0x12, 0x34, 0xFF, 0xFF, 0x00, 0x01])
+    theirs = ReadHoldingRegistersResponse()
+    theirs.decode(data)
+    for cls in (_HoldingRegisters, _InputRegisters):
+        ours = cls()
+        ours.decode(data)
+        assert ours.registers == theirs.registers == [0x1234, 0xFFFF, 1]
+        assert "3 registers" in str(ours)
+        for bad in (bytes([8, 1, 2, 3, 4]), bytes([3, 1, 2, 3, 4])):
+            with pytest.raises(ModbusIOException):
+                cls().decode(bad)

