@@ -308,7 +308,7 @@ async def test_full_disk_holds_transitions_back_and_resumes_without_a_gap(
     level = outbox_log.level
     outbox_log.setLevel(logging.INFO)
     fault = {**WEAR_RULES[1], "chatter_count": 0}  # the fault bit: one event per toggle
-    cfg = make_config(machine.port, upstream.url, rules=[fault])
+    cfg = make_config(machine.port, upstream.url, rules=[fault], alerts={"flood_count": 0})
     agent = Agent(cfg, observers=[observe], driver_factory=counting_factory(reads, changes))
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
