@@ -754,3 +754,18 @@ async def test_a_revised_publishing_interval_sets_the_dead_subscription_limit(
         assert driver.stale_after == pytest.approx(2 * 0.4 * 2 + 1.0 + 1.0)
         sub = service.subscriptions[driver.revised.SubscriptionId]
         assert sub.data.RevisedMaxKeepAliveCount == 2  # asyncua did not modify it afterwards
+
+
+def test_a_full_notification_queue_drops_the_session_instead_of_notifications(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from drivers.opcua import driver as opcua_driver
+
+    monkeypatch.setattr(opcua_driver, "INBOX_LIMIT", 3)
+    inbox = opcua_driver._Inbox()
+    node = SimpleNamespace(nodeid="n")
+    for v in range(6):
+        inbox.datachange_notification(node, v, SimpleNamespace(monitored_item=SimpleNamespace(Value=v)))  # type: ignore[arg-type]
+    items = [inbox.queue.get_nowait() for _ in range(inbox.queue.qsize())]
+    assert [kind for kind, _, _ in items] == ["data", "data", "data", "lost"]
+    assert [dv for kind, _, dv in items[:3]] == [0, 1, 2]  # in order, none dropped before the session ends

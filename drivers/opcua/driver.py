@@ -339,6 +339,8 @@ class _Inbox:
         self.overflow = False
 
     def _put(self, item: tuple[str, Any, Any]) -> None:
+        if self.overflow:
+            return  # the session is being dropped anyway
         if self.queue.qsize() >= INBOX_LIMIT:
             self.overflow = True  # the session is dropped and everything re-read: nothing is silently lost
             self.queue.put_nowait(("lost", f"more than {INBOX_LIMIT} notifications waiting", None))
