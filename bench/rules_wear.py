@@ -7,8 +7,9 @@ flood gate) at 1 s resolution in simulated time, so an 8-hour tool life takes se
    (linear), then a steep end of life (accelerating). Readings carry Gaussian measurement noise. A
    ``forecast`` rule (limit 95 %, horizon 30 min, window 10 min) and, for comparison, a
    ``threshold`` rule with a warning at 80 % watch it. Per tool: minutes before the (noise-free)
-   wear reaches 95 % that each warned, the forecast's own estimate at that moment, and false
-   forecasts (raised and cleared again before the end of life).
+   wear reaches 95 % that each warned, the forecast's own estimate at that moment (for the forecast
+   still active at the limit), and false forecasts (raised and cleared again before the end of
+   life, e.g. extrapolating the fast run-in with a long horizon).
 2. **Noise at a limit.** One hour of a signal sitting at a threshold rule's warning limit (80 %)
    with Gaussian noise. Events produced without any handling, with a deadband, with the chattering
    rule, with both, and after the flood gate (default ``[alerts]``).
@@ -96,7 +97,7 @@ def wear_scenario(rng: random.Random, noise: float, window: str, horizon: str) -
     forecast = rule(ForecastRule, kind="forecast", limit=95, horizon=horizon, window=window, name="tool 1")
     warning = rule(ThresholdRule, kind="threshold", warning=80, deadband=1)
     fs, ws = RuleState(), RuleState()
-    first: Any = None
+    last: Any = None  # the raise still active when the wear reaches the limit
     threshold_at: float | None = None
     raises = clears = 0
     t = 0.0
@@ -106,16 +107,17 @@ def wear_scenario(rng: random.Random, noise: float, window: str, horizon: str) -
         for x in ts:
             if x.kind is TransitionKind.RAISED:
                 raises += 1
-                first = first or (t, x)
+                last = (t, x)
             elif x.kind is TransitionKind.CLEARED:
                 clears += 1
+                last = None
         ws, ts = evaluate(warning, ws, sample(v, t), t, "%")
         if threshold_at is None and any(x.kind is TransitionKind.RAISED for x in ts):
             threshold_at = t
         t += 1.0
     out: dict[str, Any] = {"life_h": limit_at / 3600, "raises": raises, "false": clears}
-    if first is not None:
-        at, x = first
+    if last is not None:
+        at, x = last
         out["forecast_min"] = (limit_at - at) / 60
         out["estimate_min"] = x.extra["seconds_to_limit"] / 60
         out["message"] = x.message
@@ -126,7 +128,7 @@ def wear_scenario(rng: random.Random, noise: float, window: str, horizon: str) -
 
 def noise_scenario(rng: random.Random, noise: float, seconds: int) -> dict[str, int]:
     values = [80.0 + rng.gauss(0, noise) for _ in range(seconds)]
-    variants = {
+    variants: dict[str, dict[str, Any]] = {
         "no handling": {"chatter_count": 0},
         "deadband 1": {"chatter_count": 0, "deadband": 1},
         "chattering (3 in 1 min)": {},

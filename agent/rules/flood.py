@@ -3,7 +3,8 @@
 EEMUA 191 calls more than 10 alarms in 10 minutes per operator a flood. Here a machine floods when
 its rules raise ``flood_count`` alerts within ``flood_window``. From then on its rules' events are
 held instead of sent (only the newest per alert is kept) and one ``<machine>/flood`` alert tells
-the service team, escalating to the worst severity held and updated with the count now and then.
+the service team, escalating to the worst severity held (at once) and updated with the count at
+most once per ``flood_window``.
 The flood ends when the machine produced at most ``flood_count // 2`` events in the last
 ``flood_window``: the flood alert is cleared and each held alert is brought up to date upstream with
 one event (raised if upstream does not have it active, updated if it does, cleared if it is no
@@ -172,7 +173,7 @@ def flood_tick(
         raises = _recent(state.raises, now, cfg.flood_window, keep)
         return FloodState(raises=raises), out
     state = replace(state, produced=produced)
-    due = state.noted_at is None or now - state.noted_at >= cfg.flood_window / 10
+    due = state.noted_at is None or now - state.noted_at >= cfg.flood_window
     if state.held_count != state.reported and due:
         t = _flood_event(
             machine,
