@@ -74,7 +74,7 @@ async def agent(args: argparse.Namespace) -> None:
     cfg = HttpSinkConfig.model_validate(
         {"id": "up", "kind": "http", "url": args.url, "timeout": args.timeout, "retry_max": "200ms"}
     )
-    async with AsyncOutbox(Outbox(Path(args.path), max_events=10**7, max_bytes=2**40)) as outbox:
+    async with AsyncOutbox(Outbox(Path(args.path), max_events=args.max_events, max_bytes=2**40)) as outbox:
         await outbox.call(outbox.sync.set_sinks, ["up"])
         async with make_client(cfg) as client:
             delivery = Delivery(
@@ -82,6 +82,7 @@ async def agent(args: argparse.Namespace) -> None:
             )
             alerts = AlertLog(outbox, gateway="gw-faults", site="lab", on_commit=[delivery.wake])
             await alerts.load()
+            delivery.report_drops = alerts.report_drops
             print(f"start {await outbox.call(outbox.sync.last_seq)}", flush=True)
             task = None if args.hold else asyncio.create_task(delivery.run())
             n = 0
@@ -120,6 +121,7 @@ def main(argv: list[str]) -> None:
         p.add_argument("--linger", type=float, default=0.0)
         p.add_argument("--timeout", default="2s")
         p.add_argument("--hold", action="store_true", help="start delivering only after the last commit")
+        p.add_argument("--max-events", type=int, default=10**7)
         args = p.parse_args(argv[2:])
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         asyncio.run(agent(args))

@@ -257,6 +257,30 @@ async def test_a_hanging_receiver_times_out_and_nothing_is_lost(tmp_path: Path) 
     assert took < 15
 
 
+async def test_upstream_down_long_enough_to_fill_the_outbox_then_a_drop_notice(tmp_path: Path) -> None:
+    up = {"ok": False}
+
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        return Reply(200) if up["ok"] else Reply(503)
+
+    async with Receiver(respond) as r:
+        w = await Writer.spawn(tmp_path / "outbox.db", 11, r.url, "--count", "250", "--max-events", "100")
+        await w.read_until(250)  # all committed while the upstream refuses: 150 were dropped
+        up["ok"] = True
+        await w.finish()
+    notices = [e for e in r.events if e["type"] == "andon.outbox.dropped"]
+    alerts = [e for e in r.events if e["type"] != "andon.outbox.dropped"]
+    assert len(notices) == 1 and notices[0]["data"]["dropped"] == 150
+    got = ns(alerts)
+    # The 100 the full outbox kept (the critical ones and the newest), each once and in order, plus
+    # perhaps the batch the delivery held (retrying) while its events were dropped.
+    assert got == sorted(set(got)) and 100 <= len(got) <= 100 + 16 and got[-1] == 249
+    assert notices[0]["data"]["seq"] == w.committed[-1] + 1 and notices[0]["subject"] == "gw-faults/outbox"
+    assert w.committed[0] <= notices[0]["data"]["first_seq"] < notices[0]["data"]["last_seq"] < w.committed[-1]
+    assert w.drained is not None and w.drained["outbox"]["dropped"] == 150
+    assert w.drained["outbox"]["dropped_unreported"] == 0
+
+
 # -- a damaged outbox at start -----------------------------------------------------------------
 
 
@@ -356,3 +380,21 @@ async def test_full_disk_holds_transitions_back_and_resumes_without_a_gap(
     seqs = [e["data"]["seq"] for e in upstream.events]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap: the refused commit took no seq
     assert kinds[-1] == held
+
+
+async def test_the_agent_starts_on_a_garbage_outbox_and_says_so(
+    tmp_path: Path, machine: SimulatedMachine, receiver: Receiver
+) -> None:
+    from tests.test_process import AgentProcess, write_config
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "outbox.db").write_bytes(random.Random(8).randbytes(50_000))
+    agent = AgentProcess(write_config(tmp_path / "agent.toml", state, machine.port, receiver.url))
+    await agent.start()
+    await agent.wait_line("OUTBOX DAMAGED")
+    await agent.wait_line("started")
+    await machine.set("holding", 10, [0b1000])
+    await receiver.wait_for(lambda ev: any(e["subject"] == "m1/fault" for e in ev))
+    assert await agent.signal(signal.SIGTERM) == 0
+    assert [p.name for p in state.glob("outbox.db.damaged-*")]
