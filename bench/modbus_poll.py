@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/modbus_poll.py                 # 60 s measured, after a 3 s warm-up
     .venv/bin/python bench/modbus_poll.py --seconds 120 --signals 1000 --poll-ms 1000
+    .venv/bin/python bench/modbus_poll.py --packed         # the same signals without gaps: fewer requests
 
 The simulated machine (a real pymodbus TCP server, :class:`drivers.modbus.sim.SimulatedMachine`)
 runs in a child process and counts the requests it receives. This process runs the real
@@ -38,9 +39,9 @@ TYPES = [("uint16", 1), ("int16", 1), ("int32", 2), ("uint32", 2), ("float32", 2
 ORDERS = ["ABCD", "CDAB", "BADC", "DCBA"]
 
 
-def signal_docs(n: int, seed: int) -> list[dict[str, Any]]:
+def signal_docs(n: int, seed: int, packed: bool = False) -> list[dict[str, Any]]:
     """``n`` signals: 40 % holding, 30 % input, 30 % coils; mostly packed, with small gaps that
-    the planner bridges and some large ones it does not."""
+    the planner bridges and some large ones it does not (``packed``: no gaps at all)."""
     rng = random.Random(seed)
     counts = {"holding": n * 4 // 10, "input": n * 3 // 10}
     counts["coil"] = n - counts["holding"] - counts["input"]
@@ -48,9 +49,10 @@ def signal_docs(n: int, seed: int) -> list[dict[str, Any]]:
     for table, count in counts.items():
         address = 0
         for i in range(count):
-            address += rng.choice([0, 0, 0, 0, 1, 2, 5]) if i else 0
-            if rng.random() < 0.02:
-                address += 40  # a big hole: a new request
+            if not packed:
+                address += rng.choice([0, 0, 0, 0, 1, 2, 5]) if i else 0
+                if rng.random() < 0.02:
+                    address += 40  # a big hole: a new request
             doc: dict[str, Any] = {"id": f"{table}_{i}", "register": table, "address": address}
             if table == "coil":
                 doc["type"] = "bool"
@@ -115,7 +117,7 @@ async def measure(args: argparse.Namespace, proc: subprocess.Popen[str], port: i
     from drivers.base import Drivers
     from drivers.modbus.driver import plan_for
 
-    signals = signal_docs(args.signals, args.seed)
+    signals = signal_docs(args.signals, args.seed, args.packed)
     numeric = [s["id"] for s in signals if s["type"] not in ("bool", "bit")]
     rules = [
         {"id": f"r{i}", "machine": "bench", "signal": sid, "kind": "threshold", "warning": 1e9}
@@ -212,6 +214,7 @@ def main() -> int:
     parser.add_argument("--signals", type=int, default=1000)
     parser.add_argument("--poll-ms", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--packed", action="store_true", help="signals without gaps (fewer requests per poll)")
     parser.add_argument("--registers", type=int, default=2000, help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
