@@ -28,7 +28,6 @@ from agent.model import StoredEvent, Transition
 from agent.receiver import Batch, Receiver, Reply
 from agent.runtime import Agent
 from drivers.modbus.sim import SimulatedMachine
-from tests.conftest import WEAR_RULES
 from tests.waiting import Changes, counting_factory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,7 +330,7 @@ async def test_full_disk_holds_transitions_back_and_resumes_without_a_gap(
     outbox_log.addHandler(handler)
     level = outbox_log.level
     outbox_log.setLevel(logging.INFO)
-    fault = {**WEAR_RULES[1], "chatter_count": 0}  # the fault bit: one event per toggle
+    fault: dict[str, Any] = {"id": "fault", "machine": "m1", "signal": "fault", "kind": "fault", "chatter_count": 0}
     cfg = make_config(machine.port, upstream.url, rules=[fault], alerts={"flood_count": 0})
     agent = Agent(cfg, observers=[observe], driver_factory=counting_factory(reads, changes))
     stop = asyncio.Event()
