@@ -146,6 +146,7 @@ class Outbox:
         self._disk_full = False
         self._write_errors = 0
         self._sinks: list[str] = []
+        self._drop_floor = 0  # every non-critical event at or below this seq has been dropped already
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -231,6 +232,7 @@ class Outbox:
         self._count, self._bytes = db.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM events").fetchone()
         self._oldest = db.execute("SELECT min(seq) FROM events").fetchone()[0]
         self._dead = self._scalar("SELECT count(*) FROM dead_letters")
+        self._drop_floor = 0
         self._dropped = self._meta("dropped")
         self.unreported_drops = self._meta("drop_n")
 
@@ -339,6 +341,7 @@ class Outbox:
         self._bytes += size - sum(d[2] for d in dropped)
         if events and self._oldest is None:
             self._oldest = events[0].seq
+        self._drop_floor = max([self._drop_floor] + [seq for seq, sev, _ in dropped if sev < _CRITICAL])
         if dropped or reported_drops:
             tally = dict(self._read("SELECT key, value FROM meta WHERE key IN ('dropped', 'drop_n')"))
             self._dropped, self.unreported_drops = tally["dropped"], tally["drop_n"]
@@ -356,8 +359,9 @@ class Outbox:
         """Delete the oldest events, non-critical first, until both bounds hold. Returns (seq, severity, size)."""
         victims: list[tuple[int, int, int]] = []
         freed_n = freed_b = 0
-        for where in (f"severity < {_CRITICAL}", f"severity >= {_CRITICAL}"):
-            after = -1
+        # A long outage keeps critical events at the head of the queue: the search for the oldest
+        # non-critical one starts after the last one dropped, not at the head, so it stays short.
+        for where, after in ((f"severity < {_CRITICAL}", self._drop_floor), (f"severity >= {_CRITICAL}", -1)):
             while freed_n < excess_n or freed_b < excess_b:
                 rows = db.execute(
                     f"SELECT seq, severity, length(body) FROM events WHERE {where} AND seq > ? ORDER BY seq LIMIT ?",

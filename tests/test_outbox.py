@@ -578,3 +578,37 @@ def test_damage_found_while_running_sets_the_file_aside_and_goes_on(
         assert seqs(ob.pending("s", 10)) == [first + 100] and ob.stats().events == 1
     finally:
         ob.close()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_drops_match_a_plain_model_of_the_rule(path: Path, seed: int) -> None:
+    """Random severities, sizes, batches and settles against a list that applies the rule by hand."""
+    rng = random.Random(seed)
+    ob = Outbox(path, max_events=120, max_bytes=60_000)
+    ob.open()
+    ob.set_sinks(["s"])
+    model: list[StoredEvent] = []
+    try:
+        seq = 0
+        for _ in range(150):
+            batch = [
+                big(seq + i + 1, Severity(rng.choice([1, 2, 3, 3, 3])), rng.randint(10, 900))
+                for i in range(rng.randint(1, 12))
+            ]
+            seq += len(batch)
+            ob.append(batch, {})
+            model += batch
+            for critical in (False, True):  # the rule: the oldest non-critical first, then the oldest
+                while len(model) > 120 or sum(len(e.body) for e in model) > 60_000:
+                    victim = next((e for e in model if (e.severity is C) == critical), None)
+                    if victim is None:
+                        break
+                    model.remove(victim)
+            assert all_seqs(ob) == [e.seq for e in model]
+            if rng.random() < 0.1 and model:  # the upstream takes some now and then
+                upto = model[rng.randrange(len(model))].seq
+                ob.settle("s", upto)
+                model = [e for e in model if e.seq > upto]
+            assert ob.stats().events == len(model) and ob.stats().bytes == sum(len(e.body) for e in model)
+    finally:
+        ob.close()
