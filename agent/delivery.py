@@ -17,7 +17,8 @@ after a quiet spell therefore goes out at once.
 
 Drops. After a request succeeds (the link is up), if the outbox dropped events that were not yet
 reported, ``report_drops`` is awaited (the runtime wires it to :meth:`AlertLog.report_drops`), which
-commits one ``andon.outbox.dropped`` event saying how many.
+commits one ``andon.outbox.dropped`` event saying how many (at most one a minute, should drops go on
+while the link is up).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ log = logging.getLogger("andon.delivery")
 
 PAYLOAD_TOO_LARGE = 413
 RECOVER_AFTER = 20  # good requests in a row at a reduced batch size before it doubles again
+NOTICE_INTERVAL = 60.0  # at most one dropped-events notice a minute, should drops go on with the link up
 
 
 class RetryAfterWait:
@@ -101,6 +103,7 @@ class Delivery:
         self._failing = False
         self._last_send = -float("inf")  # monotonic start of the last request
         self._good_streak = 0
+        self._last_notice = -float("inf")  # monotonic
         self.delivered = 0
         self.rejected = 0
         self.failures = 0
@@ -262,6 +265,9 @@ class Delivery:
     async def _report_drops(self) -> None:
         if self.report_drops is None or not self._outbox.sync.unreported_drops:
             return
+        if time.monotonic() - self._last_notice < NOTICE_INTERVAL:
+            return
+        self._last_notice = time.monotonic()
         try:
             await self.report_drops()
         except AndonError as exc:  # the disk refused: the next good delivery tries again
