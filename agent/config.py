@@ -172,7 +172,7 @@ class ModbusMachine(_MachineBase):
 
 class OpcuaSignal(_Strict):
     id: Id
-    node: str = Field(min_length=1)  # "ns=2;s=Lathe.Tool1.Wear", "ns=3;i=1001", "i=2258"
+    node: str = Field(min_length=1)  # "ns=2;s=Lathe.Tool1.Wear", "ns=3;i=1001", "i=2258", "nsu=<uri>;s=..."
     unit: str = ""
 
 

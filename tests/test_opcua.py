@@ -21,7 +21,16 @@ from agent.receiver import Receiver
 from agent.runtime import Agent
 from drivers.base import PushDriver, make_driver
 from drivers.opcua import OpcuaDriver, OpcuaSubscriptionDriver, to_value
-from tests.opcua_fixtures import ENUM_VALUE, PASSWORD, USER, VARIABLES, OpcuaSim, free_port, opcua_server
+from tests.opcua_fixtures import (
+    ENUM_VALUE,
+    NS_URI,
+    PASSWORD,
+    USER,
+    VARIABLES,
+    OpcuaSim,
+    free_port,
+    opcua_server,
+)
 from tests.waiting import Changes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,7 +194,8 @@ async def test_unknown_node_is_one_log_line_and_the_others_keep_working(
 ) -> None:
     caplog.set_level(logging.INFO, logger="andon.opcua")
     signals = {"wear": "Sub.Wear" if mode == "subscribe" else "Poll.Wear", "ghost": f"ns={opcua.ns};s=No.Such.Node"}
-    m = machine(tmp_path, opcua, signals | {"garbled": "ns=2;i=notanumber"}, mode=mode)
+    extra = {"garbled": "ns=2;i=notanumber", "by_uri": f"nsu={NS_URI};s=Bool", "lost_ns": "nsu=urn:nope;s=Bool"}
+    m = machine(tmp_path, opcua, signals | extra, mode=mode)
     async with OpcuaDriver(m) as driver:
         for _ in range(3):
             if isinstance(driver, OpcuaSubscriptionDriver):
@@ -196,6 +206,8 @@ async def test_unknown_node_is_one_log_line_and_the_others_keep_working(
             assert got["wear"].good
             assert (got["ghost"].good, got["ghost"].error) == (False, "BadNodeIdUnknown")
             assert (got["garbled"].good, got["garbled"].error) == (False, "BadNodeIdInvalid")
+            assert got["by_uri"].good and got["by_uri"].value is True  # nsu=: namespace found by its URI
+            assert (got["lost_ns"].good, got["lost_ns"].error) == (False, "BadNodeIdUnknown")
     lines = [r.getMessage() for r in caplog.records if "ghost" in r.getMessage()]
     assert len(lines) == 1, lines
     assert "machine m1" in lines[0] and "signal ghost" in lines[0] and "BadNodeIdUnknown" in lines[0]
@@ -511,7 +523,7 @@ async def test_check_connect_shows_type_and_value_of_every_node(
 
     await opcua.set("Poll.Wear", 12.5)
     names = {"wear": "Poll.Wear", "state": "Enum", "flag": "Bool", "text": "String", "count": "UInt16"}
-    path = _toml(opcua, tmp_path, {k: opcua.node_id(v) for k, v in names.items()})
+    path = _toml(opcua, tmp_path, {k: opcua.node_id(v) for k, v in names.items()} | {"uri": f"nsu={NS_URI};s=Int16"})
     assert await asyncio.to_thread(main, ["check", "--connect", "--config", str(path)]) == EXIT_OK
     lines = capsys.readouterr().out.splitlines()
     assert f"machine mill: {opcua.endpoint} (security None, anonymous): connected" in lines
@@ -520,6 +532,7 @@ async def test_check_connect_shows_type_and_value_of_every_node(
     assert f"  signal flag: node ns={opcua.ns};s=Bool: Boolean = True" in lines
     assert f"  signal text: node ns={opcua.ns};s=String: String = 'program 42'" in lines
     assert f"  signal count: node ns={opcua.ns};s=UInt16: UInt16 = 60000" in lines
+    assert f"  signal uri: node nsu={NS_URI};s=Int16: Int16 = -30000" in lines
     assert lines[-1] == "config OK, every OPC UA node resolves"
 
     path = _toml(opcua, tmp_path, {"wear": opcua.node_id("Poll.Wear"), "ghost": opcua.node_id("No.Such")})

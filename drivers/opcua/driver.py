@@ -178,6 +178,35 @@ async def close_client(client: Client) -> None:
         pass
 
 
+async def resolve_nodes(client: Client, m: OpcuaMachine) -> tuple[list[Node | None], dict[int, str]]:
+    """A node per signal (None where there is none) and, for those, why (a status name).
+
+    ``nsu=<namespace URI>;...`` node ids are resolved against the server's namespace array on every
+    connect, so they keep working when a server restart or update renumbers its namespaces.
+    """
+    namespaces: list[str] | None = None
+    nodes: list[Node | None] = []
+    errors: dict[int, str] = {}
+    for i, s in enumerate(m.signals):
+        text = s.node
+        if text.startswith("nsu="):
+            uri, sep, rest = text[4:].partition(";")
+            if namespaces is None:
+                async with asyncio.timeout(m.timeout + 0.5):
+                    namespaces = list(await client.get_namespace_array())
+            if not sep or uri not in namespaces:
+                nodes.append(None)
+                errors[i] = "BadNodeIdUnknown" if sep else "BadNodeIdInvalid"
+                continue
+            text = f"ns={namespaces.index(uri)};{rest}"
+        try:
+            nodes.append(client.get_node(text))
+        except (UaError, ValueError):
+            nodes.append(None)
+            errors[i] = "BadNodeIdInvalid"
+    return nodes, errors
+
+
 class OpcuaDriver:
     """One OPC UA session with one server; poll mode: every node in one Read per ``read()``.
 
@@ -196,19 +225,20 @@ class OpcuaDriver:
         self._nodes: list[Node | None] = []  # per signal; None: the node id cannot be parsed
         self._lost: str | None = None  # why asyncua says the connection is gone
         self._reported: dict[str, str] = {}  # signal -> the bad status logged for it (once per change)
+        self._node_errors: dict[int, str] = {}  # signal index -> why it has no node (status name)
         self._max_read = 0  # the server's MaxNodesPerRead (0: no limit)
         self._max_items = 0  # the server's MaxMonitoredItemsPerCall (0: no limit)
 
     async def __aenter__(self) -> Self:
         self._lost = None
         self._client = await open_client(self.machine, self._on_lost)
-        self._nodes = []
-        for s in self.machine.signals:
-            try:
-                self._nodes.append(self._client.get_node(s.node))
-            except (UaError, ValueError):
-                self._nodes.append(None)
-        self._max_read, self._max_items = await self._operation_limits(self._client)
+        try:
+            self._nodes, self._node_errors = await resolve_nodes(self._client, self.machine)
+            self._max_read, self._max_items = await self._operation_limits(self._client)
+        except NETWORK_ERRORS as exc:
+            await close_client(self._client)
+            self._client = None
+            raise ConnectionLost(self.machine.id, f"cannot read from {self.machine.endpoint}: {_why(exc)}") from exc
         return self
 
     async def _operation_limits(self, client: Client) -> tuple[int, int]:
@@ -217,12 +247,8 @@ class OpcuaDriver:
             ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
             ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
         )
-        try:
-            async with asyncio.timeout(self.machine.timeout + 0.5):
-                results = await client.read_attributes([client.get_node(ua.NodeId(ua.Int32(i))) for i in ids])
-        except NETWORK_ERRORS as exc:
-            await close_client(client)
-            raise ConnectionLost(self.machine.id, f"cannot read the server's limits: {_why(exc)}") from exc
+        async with asyncio.timeout(self.machine.timeout + 0.5):
+            results = await client.read_attributes([client.get_node(ua.NodeId(ua.Int32(i))) for i in ids])
         limits = []
         for dv in results:
             status, value = status_and_value(dv)
@@ -276,9 +302,9 @@ class OpcuaDriver:
             raise ConnectionLost(self.machine.id, f"read returned {len(results)} values for {len(nodes)} nodes")
         it = iter(results)
         out: list[tuple[str | None, Any]] = []
-        for node in self._nodes:
+        for i, node in enumerate(self._nodes):
             if node is None:
-                out.append(("BadNodeIdInvalid", None))
+                out.append((self._node_errors.get(i, "BadNodeIdInvalid"), None))
                 continue
             dv = next(it)
             out.append(status_and_value(dv))

@@ -12,13 +12,11 @@ import asyncio
 from typing import Any
 
 from asyncua import ua
-from asyncua.common.node import Node
 from asyncua.ua.attribute_ids import AttributeIds
-from asyncua.ua.uaerrors import UaError
 
 from agent.config import OpcuaMachine
 from agent.errors import DriverError
-from drivers.opcua.driver import NETWORK_ERRORS, close_client, open_client, status_and_value
+from drivers.opcua.driver import NETWORK_ERRORS, close_client, open_client, resolve_nodes, status_and_value
 from drivers.opcua.values import describe, to_value
 
 
@@ -34,12 +32,7 @@ async def probe(m: OpcuaMachine) -> tuple[list[str], bool]:
     lines = [f"{head}: connected"]
     ok = True
     try:
-        nodes: list[Node | None] = []
-        for s in m.signals:
-            try:
-                nodes.append(client.get_node(s.node))
-            except (UaError, ValueError):
-                nodes.append(None)
+        nodes, errors = await resolve_nodes(client, m)
         valid = [n for n in nodes if n is not None]
         async with asyncio.timeout(m.timeout * 3 + 1.0):
             types = await client.read_attributes(valid, AttributeIds.DataType) if valid else []
@@ -47,11 +40,11 @@ async def probe(m: OpcuaMachine) -> tuple[list[str], bool]:
             type_ids = {v for status, v in map(status_and_value, types) if status is None and v is not None}
             names = await _type_names(client, list(type_ids))
         found = iter(zip(types, values, strict=True))
-        for s, node in zip(m.signals, nodes, strict=True):
+        for i, (s, node) in enumerate(zip(m.signals, nodes, strict=True)):
             where = f"  signal {s.id}: node {s.node}: "
             if node is None:
                 ok = False
-                lines.append(where + describe("BadNodeIdInvalid"))
+                lines.append(where + describe(errors.get(i, "BadNodeIdInvalid")))
                 continue
             (type_status, type_id), (status, raw) = map(status_and_value, next(found))
             if type_status is not None:
