@@ -42,6 +42,7 @@ log = logging.getLogger("andon.runtime")
 
 OFFLINE = "offline"
 FLUSH_TIMEOUT = 5.0
+STABLE_SESSION = 10.0  # seconds a connection must have worked before a loss reconnects at once
 
 
 @dataclass(frozen=True)
@@ -163,17 +164,22 @@ class MachineRunner:
             log.exception("machine %s: unexpected error; restarting its poll loop", self.machine.id, exc_info=exc)
 
     async def _session(self) -> None:
-        """One connection's life. Returns (for an immediate, fresh reconnect) if it had worked."""
+        """One connection's life. Returns (for an immediate, fresh reconnect) if it had worked for a while.
+
+        A connection that breaks soon after it gave good reads raises instead, so the backoff keeps
+        growing: a device that accepts, answers once and drops never gets a tight reconnect loop.
+        """
         async with self._driver_factory(self.machine) as driver:
             self.status.connected = True
             had_good = False
+            opened = self._clock.monotonic()
             source = driver.updates() if isinstance(driver, PushDriver) else self._polls(driver)
             try:
                 async for samples in source:
                     honour_swallowed_cancel()
                     had_good = await self.handle(samples) or had_good
             except ConnectionLost as exc:
-                if not had_good:
+                if not had_good or self._clock.monotonic() - opened < STABLE_SESSION:
                     raise
                 self.status.connected = False
                 self.status.last_error = str(exc)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 from agent.config import Config
+from agent.errors import ConnectionLost
+from agent.model import Quality, Sample
 from agent.receiver import Receiver
 from agent.runtime import Agent
 from drivers.modbus.sim import SimulatedMachine
@@ -173,3 +176,41 @@ async def test_alert_of_a_removed_rule_is_cleared(
     async with running(without_fault):
         await receiver.wait_for(lambda ev: len(of(ev, "m1/fault", "cleared")) == 1)
     assert "no longer in the configuration" in of(receiver.events, "m1/fault", "cleared")[0]["data"]["message"]
+
+
+class AnswersOnceThenDrops:
+    """A driver for a device that accepts, gives one good read and then loses the connection."""
+
+    opened = 0
+
+    def __init__(self, machine: Any) -> None:
+        self.machine = machine
+        self.reads = 0
+
+    async def __aenter__(self) -> AnswersOnceThenDrops:
+        AnswersOnceThenDrops.opened += 1
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def read(self) -> list[Sample]:
+        self.reads += 1
+        if self.reads > 1:
+            raise ConnectionLost(self.machine.id, "connection reset by peer")
+        return [Sample(self.machine.id, "wear", 1, Quality.GOOD, time.time())]
+
+
+async def test_device_that_answers_once_then_drops_gets_backoff_not_a_tight_loop(
+    receiver: Receiver, make_config: Callable[..., Config]
+) -> None:
+    cfg = make_config(1, receiver.url, rules=[])
+    AnswersOnceThenDrops.opened = 0
+    agent = Agent(cfg, driver_factory=AnswersOnceThenDrops)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(2.0)  # the measurement window: count the connections made in it
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    # reconnect_max is 0.5 s: with backoff about 5 connections in 2 s; without it, one every poll or faster.
+    assert 2 <= AnswersOnceThenDrops.opened <= 10, AnswersOnceThenDrops.opened
