@@ -219,8 +219,10 @@ def bench_config(port: int, url: str, poll_ms: float, state_dir: Path) -> Config
             ],
             "rules": [
                 {"id": "wear", "machine": "m1", "signal": "wear", "kind": "threshold", "warning": 80, "critical": 95},
-                {"id": "fault", "machine": "m1", "signal": "fault", "kind": "fault"},
+                # The bench toggles this fault hundreds of times on purpose: no chattering or flood handling.
+                {"id": "fault", "machine": "m1", "signal": "fault", "kind": "fault", "chatter_count": 0},
             ],
+            "alerts": {"flood_count": 0},
             "status": {"listen": None},
             "sinks": [{"id": "up", "kind": "http", "url": url, "timeout": "2s", "retry_max": "1s"}],
         },
