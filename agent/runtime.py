@@ -5,6 +5,7 @@
     MachineRunner (one per machine)          AlertLog            AsyncOutbox          Delivery (one per sink)
       poll:  driver.read() -> rules.evaluate -> commit(events) --> SQLite (WAL) <------ pending / settle -> sink
       watch: no good read for offline_after -> "<machine>/offline"
+      tick:  every poll_interval, last values again -> rules.tick; flood gate (agent.rules.flood) -> commit
 
 Every machine runs in its own task and reconnects on its own, so one dead machine never delays
 another. A stop signal cancels the machines, makes one last delivery attempt and closes the outbox.
