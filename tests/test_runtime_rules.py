@@ -14,7 +14,7 @@ from typing import Any, Self
 from agent.config import Config, ModbusMachine, OpcuaMachine
 from agent.model import Quality, Sample
 from agent.receiver import Receiver
-from agent.runtime import Agent
+from agent.runtime import Agent, Clock
 from drivers.modbus.sim import SimulatedMachine
 from tests.conftest import machine_doc
 from tests.test_runtime import of, running
@@ -97,6 +97,7 @@ class FedDriver:
     async def updates(self) -> AsyncIterator[list[Sample]]:
         while True:
             yield await self.queue.get()
+            self.queue.task_done()  # the runtime has handled it: queue.join() wakes when all are
 
 
 def fed(queue: asyncio.Queue[list[Sample]]) -> Callable[[ModbusMachine | OpcuaMachine], FedDriver]:
@@ -186,3 +187,38 @@ async def test_a_flooding_machine_is_summarised(
     ]
     assert events[cleared_at]["data"]["held_events"] == 4
     assert events[cleared_at]["data"]["held_alerts"] == ["m1/f0", "m1/f3", "m1/f4", "m1/f5"]
+
+
+async def test_forecast_through_the_agent(
+    receiver: Receiver, make_config: Callable[..., Config], unused_tcp_port: int
+) -> None:
+    """A wear ramp in simulated time (the agent's clock is the test's): warned ten minutes ahead."""
+    signals = [{"id": "wear", "address": 0, "unit": "%"}]
+    rules = [
+        {"id": "due", "machine": "m1", "signal": "wear", "kind": "forecast", "name": "tool 1", "limit": 95}
+        | {"horizon": "10m", "window": "5m"},
+    ]
+    machine = machine_doc("m1", 1, signals, offline_after="1h")
+    cfg = make_config(unused_tcp_port, receiver.url, machines=[machine], rules=rules)
+    now = [0.0]
+    t0 = 1_700_000_000.0
+    queue: asyncio.Queue[list[Sample]] = asyncio.Queue()
+    agent = Agent(cfg, driver_factory=fed(queue), clock=Clock(wall=lambda: t0 + now[0], monotonic=lambda: now[0]))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        for i in range(41):  # 50 % rising 0.05 %/s, a reading every 10 s: 95 % is reached at 900 s
+            now[0] = i * 10.0
+            queue.put_nowait([Sample("m1", "wear", 50 + 0.05 * now[0], Quality.GOOD, t0 + now[0])])
+            await queue.join()
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/due", "raised")) == 1)
+        now[0] = 410.0
+        queue.put_nowait([Sample("m1", "wear", 1.0, Quality.GOOD, t0 + now[0])])  # a new tool
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/due", "cleared")) == 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    raised = of(receiver.events, "m1/due", "raised")[0]
+    assert raised["time"] == "2023-11-14T22:18:20.000Z"  # t0 + 300 s: the limit is then 600 s away
+    assert raised["data"]["seconds_to_limit"] == 600 and raised["data"]["threshold"] == 95
+    assert raised["data"]["message"].startswith("tool 1 on m1 reaches 95% in about 10 min (now 65%")
