@@ -263,6 +263,7 @@ class MachineRunner:
                 await self._alerts.commit(
                     [forgotten(self.machine.id, self._alerts.active[key].severity, self._clock.wall())]
                 )
+        failing = False
         while True:
             await asyncio.sleep(self.machine.poll_interval)
             try:
@@ -273,8 +274,14 @@ class MachineRunner:
                         due = []
                     self._fresh.clear()
                     await self._evaluate(due, self._clock.monotonic(), ticked=True)
-            except Exception:  # a bug must not stop the machine's polling: show it, keep ticking
-                log.exception("machine %s: evaluating the rules on the clock tick failed", self.machine.id)
+            except Exception:  # a bug must not stop the machine's polling: show it once, keep ticking
+                if not failing:
+                    log.exception("machine %s: evaluating the rules on the clock tick failed", self.machine.id)
+                failing = True
+            else:
+                if failing:
+                    log.info("machine %s: the rule tick works again", self.machine.id)
+                failing = False
 
     # -- offline ------------------------------------------------------------------------------
 
