@@ -181,14 +181,14 @@ async def test_alert_of_a_removed_rule_is_cleared(
 class AnswersOnceThenDrops:
     """A driver for a device that accepts, gives one good read and then loses the connection."""
 
-    opened = 0
-
-    def __init__(self, machine: Any) -> None:
-        self.machine = machine
+    def __init__(self, machine: Any, opened: list[float], fourth: asyncio.Event) -> None:
+        self.machine, self._opened, self._fourth = machine, opened, fourth
         self.reads = 0
 
     async def __aenter__(self) -> AnswersOnceThenDrops:
-        AnswersOnceThenDrops.opened += 1
+        self._opened.append(time.monotonic())
+        if len(self._opened) == 4:
+            self._fourth.set()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -204,13 +204,15 @@ class AnswersOnceThenDrops:
 async def test_device_that_answers_once_then_drops_gets_backoff_not_a_tight_loop(
     receiver: Receiver, make_config: Callable[..., Config]
 ) -> None:
-    cfg = make_config(1, receiver.url, rules=[])
-    AnswersOnceThenDrops.opened = 0
-    agent = Agent(cfg, driver_factory=AnswersOnceThenDrops)
+    cfg = make_config(1, receiver.url, rules=[])  # poll 50 ms, reconnect_max 0.5 s
+    opened: list[float] = []
+    fourth = asyncio.Event()
+    agent = Agent(cfg, driver_factory=lambda m: AnswersOnceThenDrops(m, opened, fourth))
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
-    await asyncio.sleep(2.0)  # the measurement window: count the connections made in it
+    await asyncio.wait_for(fourth.wait(), 10)
     stop.set()
     await asyncio.wait_for(task, 10)
-    # reconnect_max is 0.5 s: with backoff about 5 connections in 2 s; without it, one every poll or faster.
-    assert 2 <= AnswersOnceThenDrops.opened <= 10, AnswersOnceThenDrops.opened
+    # Backoff before the 2nd, 3rd and 4th connection: at least 0.25 + 0.5 + 0.5 s. Without it the
+    # agent would reconnect after every single poll (50 ms).
+    assert opened[3] - opened[0] >= 1.2, [round(t - opened[0], 3) for t in opened]
