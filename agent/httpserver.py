@@ -1,7 +1,8 @@
 """A small HTTP/1.1 server on asyncio streams and h11, for the status endpoints.
 
 ``handler(request) -> Response`` is called for every request; connections are kept alive.
-``stop()`` closes the listener and every open connection.
+``stop()`` closes the listener and every open connection, and cancels handlers still running
+(e.g. a test receiver that hangs on purpose).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import h11
 
 log = logging.getLogger("andon.http")
-MAX_BODY = 1 << 20
+MAX_BODY = 1 << 20  # the default; a request with a larger body is dropped
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,13 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class HttpServer:
-    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0, *, max_body: int = MAX_BODY) -> None:
         self._handler = handler
         self.host, self.port = host, port
+        self._max_body = max_body
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -54,15 +57,20 @@ class HttpServer:
         self._server.close()
         for writer in list(self._conns):
             writer.close()
+        for task in list(self._tasks):
+            task.cancel()
         with contextlib.suppress(Exception):
             await self._server.wait_closed()
         self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         conn = h11.Connection(h11.SERVER)
         try:
-            while (request := await _read_request(conn, reader)) is not None:
+            while (request := await _read_request(conn, reader, self._max_body)) is not None:
                 try:
                     response = await self._handler(request)
                 except Exception:
@@ -79,12 +87,16 @@ class HttpServer:
                 conn.start_next_cycle()
         except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:  # stopped: end the connection quietly (3.11 logs a cancelled handler)
+            return
         finally:
             self._conns.discard(writer)
+            if task is not None:
+                self._tasks.discard(task)
             writer.close()
 
 
-async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> Request | None:
+async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, max_body: int) -> Request | None:
     head: h11.Request | None = None
     body = b""
     while True:
@@ -98,7 +110,7 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> R
             head = event
         elif isinstance(event, h11.Data):
             body += event.data
-            if len(body) > MAX_BODY:
+            if len(body) > max_body:
                 return None
         elif isinstance(event, h11.EndOfMessage) and head is not None:
             headers = {k.decode().lower(): v.decode(errors="replace") for k, v in head.headers}
