@@ -10,22 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pytest
 
 from agent.cli import summary
 from agent.config import Config, ModbusMachine, parse_config
 from agent.errors import ConfigError, ConnectionLost
-from agent.model import Quality, Sample
+from agent.model import Quality
 from agent.runtime import Agent
-from drivers.base import Driver, Drivers
+from drivers.base import Drivers
 from drivers.modbus.bus import RESET_AFTER, Bus, NoAnswer, rtu_silence
 from drivers.modbus.codec import encode
 from drivers.modbus.driver import GATEWAY_POLLS, ModbusDriver
 from drivers.modbus.sim import SimulatedMachine
-from tests.waiting import Changes
+from tests.waiting import Changes, counting_factory, running_agent
 
 
 def rtu_machine(url: str, unit: int, signals: list[dict[str, Any]] | None = None, **kw: Any) -> dict[str, Any]:
@@ -150,44 +149,13 @@ async def test_request_gap_and_rtu_silence_keep_the_bus_quiet(bus3: SimulatedMac
 # The whole agent: one dead unit, the others keep their rate; a bus down and back
 
 
-class Counting:
-    """Wraps a driver: counts connection attempts and reads per machine, bumps ``changes``."""
-
-    def __init__(self, inner: Driver, mid: str, counts: dict[str, int], changes: Changes) -> None:
-        self._inner, self._mid, self._counts, self._changes = inner, mid, counts, changes
-
-    async def __aenter__(self) -> Self:
-        self._counts[f"{self._mid}.enter"] = self._counts.get(f"{self._mid}.enter", 0) + 1
-        self._changes.bump()
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        await self._inner.__aexit__(t, e, tb)
-
-    async def read(self) -> list[Sample]:
-        samples = await self._inner.read()
-        if any(s.good for s in samples):
-            self._counts[self._mid] = self._counts.get(self._mid, 0) + 1
-        self._changes.bump()
-        return samples
-
-
 @contextlib.asynccontextmanager
 async def agent_on(cfg: Config, counts: dict[str, int], changes: Changes) -> AsyncIterator[Agent]:
     drivers = Drivers()
-    factory: Callable[[Any], Driver] = lambda m: Counting(drivers(m), m.id, counts, changes)  # noqa: E731
-    agent = Agent(cfg, observers=[changes.bump], driver_factory=factory)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    await asyncio.wait({task, asyncio.ensure_future(agent.started.wait())}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
     try:
-        yield agent
+        async with running_agent(cfg, changes=changes, driver_factory=counting_factory(counts, changes, drivers)) as a:
+            yield a
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
         await drivers.aclose()
 
 

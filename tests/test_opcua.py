@@ -18,7 +18,6 @@ from agent.config import Config, OpcuaMachine, parse_config
 from agent.errors import ConfigError, ConnectionLost, DriverError
 from agent.model import Sample
 from agent.receiver import Receiver
-from agent.runtime import Agent
 from drivers.base import PushDriver, make_driver
 from drivers.opcua import OpcuaDriver, OpcuaSubscriptionDriver, to_value
 from tests.opcua_fixtures import (
@@ -31,7 +30,7 @@ from tests.opcua_fixtures import (
     free_port,
     opcua_server,
 )
-from tests.waiting import Changes
+from tests.waiting import Changes, running_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPES = [*(n for n in VARIABLES if "." not in n), "Enum"]
@@ -419,19 +418,8 @@ print("ok")
 # The whole agent: rules, recovery after a server restart
 
 
-@contextlib.asynccontextmanager
-async def running(cfg: Config, changes: Changes) -> AsyncIterator[Agent]:
-    agent = Agent(cfg, observers=[changes.bump])
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    await asyncio.wait({task, asyncio.ensure_future(agent.started.wait())}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+def running(cfg: Config, changes: Changes) -> Any:
+    return running_agent(cfg, changes=changes)
 
 
 def of(events: list[dict[str, Any]], subject: str, kind: str) -> list[dict[str, Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -13,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +24,14 @@ from agent.config import HttpSink as HttpSinkConfig
 from agent.logs import setup_logging
 from agent.notify import Notifier
 from agent.receiver import Receiver, Reply
-from agent.runtime import Agent
 from drivers.modbus.sim import SimulatedMachine
-from tests.waiting import Changes
+from tests.waiting import Changes, running_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@contextlib.asynccontextmanager
-async def running(cfg: Config, changes: Changes | None = None, **kw: Any) -> AsyncIterator[Agent]:
-    agent = Agent(cfg, observers=[changes.bump] if changes else [], **kw)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    started = asyncio.ensure_future(agent.started.wait())
-    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+def running(cfg: Config, changes: Changes | None = None, **kw: Any) -> Any:
+    return running_agent(cfg, changes=changes, **kw)
 
 
 # -- status endpoints ----------------------------------------------------------------------------

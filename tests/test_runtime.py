@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,27 +16,12 @@ from agent.receiver import Receiver
 from agent.runtime import Agent
 from drivers.modbus.sim import SimulatedMachine
 from tests.conftest import WEAR_SIGNALS, machine_doc
-from tests.waiting import Changes, counting_factory
+from tests.waiting import Changes, counting_factory, running_agent
 
 
-@contextlib.asynccontextmanager
-async def running(
-    cfg: Config, changes: Changes | None = None, reads: dict[str, int] | None = None
-) -> AsyncIterator[Agent]:
+def running(cfg: Config, changes: Changes | None = None, reads: dict[str, int] | None = None) -> Any:
     changes = changes or Changes()
-    agent = Agent(
-        cfg, observers=[changes.bump], driver_factory=counting_factory({} if reads is None else reads, changes)
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    await asyncio.wait({task, asyncio.ensure_future(agent.started.wait())}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+    return running_agent(cfg, changes=changes, driver_factory=counting_factory({} if reads is None else reads, changes))
 
 
 def of(events: list[dict[str, Any]], subject: str, kind: str) -> list[dict[str, Any]]:

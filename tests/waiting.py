@@ -1,15 +1,20 @@
-"""Awaitable conditions for tests: no sleeping and polling where an event can be awaited."""
+"""Test helpers: awaitable conditions (no sleeping and polling where an event can be awaited), a
+counting driver wrapper, and the whole agent run in the test's event loop."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Self
 
-from agent.config import ModbusMachine, OpcuaMachine
+from agent.config import Config, ModbusMachine, OpcuaMachine
 from agent.model import Sample
+from agent.runtime import Agent
 from drivers.base import Driver, make_driver
+
+Machine = ModbusMachine | OpcuaMachine
 
 
 class Changes:
@@ -37,12 +42,16 @@ class Changes:
 
 
 class CountingDriver:
-    """Wraps a real driver; counts reads per machine and bumps ``changes`` after each one."""
+    """Wraps a real driver: counts connections (``counts["<machine>.enter"]``) and reads that gave a
+    good sample (``counts["<machine>"]``), and bumps ``changes`` after each."""
 
-    def __init__(self, inner: Driver, machine: str, reads: dict[str, int], changes: Changes) -> None:
-        self._inner, self._machine, self._reads, self._changes = inner, machine, reads, changes
+    def __init__(self, inner: Driver, machine: str, counts: dict[str, int], changes: Changes) -> None:
+        self._inner, self._machine, self._counts, self._changes = inner, machine, counts, changes
 
     async def __aenter__(self) -> Self:
+        key = f"{self._machine}.enter"
+        self._counts[key] = self._counts.get(key, 0) + 1
+        self._changes.bump()
         await self._inner.__aenter__()
         return self
 
@@ -51,10 +60,32 @@ class CountingDriver:
 
     async def read(self) -> list[Sample]:
         samples = await self._inner.read()
-        self._reads[self._machine] = self._reads.get(self._machine, 0) + 1
+        if any(s.good for s in samples):
+            self._counts[self._machine] = self._counts.get(self._machine, 0) + 1
         self._changes.bump()
         return samples
 
 
-def counting_factory(reads: dict[str, int], changes: Changes) -> Callable[[ModbusMachine | OpcuaMachine], Driver]:
-    return lambda m: CountingDriver(make_driver(m), m.id, reads, changes)
+def counting_factory(
+    counts: dict[str, int], changes: Changes, drivers: Callable[[Machine], Driver] = make_driver
+) -> Callable[[Machine], Driver]:
+    return lambda m: CountingDriver(drivers(m), m.id, counts, changes)
+
+
+@contextlib.asynccontextmanager
+async def running_agent(cfg: Config, *, changes: Changes | None = None, **kw: Any) -> AsyncIterator[Agent]:
+    """Run the whole agent in this event loop; on exit stop it and wait for a clean stop.
+
+    ``changes`` is bumped on every committed event; ``kw`` goes to :class:`Agent`.
+    """
+    agent = Agent(cfg, observers=[changes.bump] if changes else [], **kw)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.wait({task, asyncio.ensure_future(agent.started.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # it failed to start: raise why
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
