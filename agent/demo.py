@@ -57,7 +57,7 @@ async def simulate(machine: SimulatedMachine, *, speed: float, rng: random.Rando
         t += step * speed
         if t >= next_fault:
             print(_paint(f"{time.strftime('%H:%M:%S')}  simulator: spindle fault trips on press-1", "dim"))
-            fault_until, next_fault = t + rng.uniform(4, 8), t + rng.uniform(25, 45)
+            fault_until, next_fault = t + rng.uniform(4, 8), t + rng.uniform(70, 110)
         await machine.set("holding", 0, [int(wear * 10)])
         await machine.set("holding", 2, encode(strokes % 2**32, "uint32", "CDAB"))
         await machine.set("holding", 10, [0b1000 if t < fault_until else 0])

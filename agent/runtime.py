@@ -225,8 +225,11 @@ class MachineRunner:
         new_states = dict(self.states)
         transitions: list[Transition] = []
         for sample in samples:
+            rules = self._by_signal.get(sample.signal)
+            if not rules:  # most signals of a big machine have no rule: nothing to judge or remember
+                continue
             self._last[sample.signal] = sample
-            for rule in self._by_signal.get(sample.signal, ()):
+            for rule in rules:
                 unit = self._units.get(rule.signal, "")
                 if ticked:
                     new_states[rule.id], ts = tick(rule, new_states[rule.id], sample, now, self._clock.wall(), unit)
@@ -234,7 +237,7 @@ class MachineRunner:
                     new_states[rule.id], ts = evaluate(rule, new_states[rule.id], sample, now, unit)
                 transitions += ts
         if not ticked:
-            self._fresh.update(s.signal for s in samples)
+            self._fresh.update(s.signal for s in samples if s.signal in self._by_signal)
         flood, out = admit(self._flood_cfg, self.machine.id, self._flood, transitions, now)
         if ticked:
             upstream = {key: a.severity for key, a in self._alerts.active.items()}
@@ -560,7 +563,8 @@ class Agent:
 
     async def _clear_orphans(self, alerts: AlertLog) -> None:
         """Clear active alerts whose machine or rule is no longer in the config."""
-        known = {f"{r.machine}/{r.id}" for r in self.cfg.rules} | {f"{m.id}/{OFFLINE}" for m in self.cfg.machines}
+        known = {f"{r.machine}/{r.id}" for r in self.cfg.rules}
+        known |= {f"{m.id}/{own}" for m in self.cfg.machines for own in (OFFLINE, FLOOD)}  # the runner clears a flood
         orphans = [a for key, a in alerts.active.items() if key not in known]
         if not orphans:
             return
