@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import sys
 import tempfile
@@ -80,6 +81,7 @@ def demo_config(base: Config, *, port: int, url: str, state_dir: Path) -> Config
 
 async def run_demo(*, speed: float = 1.0, duration: float | None = None) -> None:
     base = load_config(DEMO_CONFIG)
+    logging.getLogger("andon.alerts").setLevel(logging.WARNING)  # the demo prints each event itself
     rng = random.Random()
     with tempfile.TemporaryDirectory(prefix="andon-demo-") as tmp:
         async with (
