@@ -28,20 +28,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import multiprocessing
 import random
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from common import RemoteProcess, pct
 
 from agent.config import Config, ModbusMachine, OpcuaMachine, parse_config
 from agent.model import Sample, StoredEvent, Transition
@@ -93,56 +92,29 @@ async def _serve(conn: Connection) -> None:
         loop.remove_reader(conn.fileno())
 
 
-class RemoteMachine:
+@dataclass(frozen=True)
+class Measurement:
+    change: float  # server process: the register holds the new value
+    read_start: float  # agent: start of the poll that saw it
+    read_end: float
+    committed: float  # agent: AlertLog.commit returned (synced to disk)
+    received: float  # receiver: the event arrived
+
+
+class RemoteMachine(RemoteProcess):
     """The bench's handle on the simulated machine's process."""
 
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop or threads
-        self._conn, child = ctx.Pipe()
-        self._child = child
-        self._proc = ctx.Process(target=serve, args=(child,), name="andon-bench-sim", daemon=True)
+        super().__init__(serve, name="andon-bench-sim")
         self.port = 0
 
-    async def start(self) -> None:
-        self._proc.start()
-        self._child.close()  # so the child's death shows as EOF here
-        async with asyncio.timeout(30):
-            self.port = int(await self._recv())
+    async def start(self, within: float = 30.0) -> Any:
+        self.port = int(await super().start(within))
+        return self.port
 
     async def set_fault(self, on: bool) -> float:
         """Set or clear the fault bit; returns the server's monotonic time of the change."""
-        self._conn.send((1 << FAULT_BIT) if on else 0)
-        async with asyncio.timeout(5):
-            return float(await self._recv())
-
-    async def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
-        await asyncio.to_thread(self._proc.join, 5.0)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            await asyncio.to_thread(self._proc.join, 5.0)
-        self._conn.close()
-
-    async def _recv(self) -> Any:
-        """Wait for the pipe without blocking the agent's event loop, then read one message."""
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        fd = self._conn.fileno()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(fd, wake)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-        try:
-            return self._conn.recv()
-        except EOFError:
-            raise RuntimeError(f"the simulated machine's process ended (exit code {self._proc.exitcode})") from None
+        return float(await self.ask((1 << FAULT_BIT) if on else 0))
 
 
 # -- instrumentation in the agent's process -----------------------------------------------------
@@ -186,15 +158,6 @@ class Commit:
     committed: float
     read_start: float
     read_end: float
-
-
-@dataclass(frozen=True)
-class Measurement:
-    change: float  # server process: the register holds the new value
-    read_start: float  # agent: start of the poll that saw it
-    read_end: float
-    committed: float  # agent: AlertLog.commit returned (synced to disk)
-    received: float  # receiver: the event arrived
 
 
 def bench_config(port: int, url: str, poll_ms: float, state_dir: Path) -> Config:
@@ -294,13 +257,6 @@ async def measure(args: argparse.Namespace, state_dir: Path) -> tuple[list[Measu
     finally:
         await sim.stop()
     return out, unexpected
-
-
-def pct(values: Sequence[float], p: int) -> float:
-    """The p-th percentile (linear interpolation between the closest ranks)."""
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
 def report(args: argparse.Namespace, ms: list[Measurement], unexpected: list[dict[str, Any]], state_dir: str) -> bool:

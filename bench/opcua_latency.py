@@ -29,20 +29,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import multiprocessing
 import random
 import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from common import Measurement, RemoteProcess, pct
 
 from agent.config import Config, parse_config
 from agent.model import StoredEvent, Transition
@@ -100,73 +98,30 @@ async def _serve(conn: Connection, port: int) -> None:
         loop.remove_reader(conn.fileno())
 
 
-class RemoteServer:
+class RemoteServer(RemoteProcess):
     """The bench's handle on the server process."""
 
     def __init__(self) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop or threads
-        self._conn, child = ctx.Pipe()
-        self._child = child
-        self._proc = ctx.Process(target=serve, args=(child, self.port), name="andon-bench-opcua", daemon=True)
+        super().__init__(serve, self.port, name="andon-bench-opcua")
         self.ns = 0
 
     @property
     def endpoint(self) -> str:
         return f"opc.tcp://127.0.0.1:{self.port}/bench/"
 
-    async def start(self) -> None:
-        self._proc.start()
-        self._child.close()  # so the child's death shows as EOF here
-        async with asyncio.timeout(60):
-            self.ns = int(await self._recv())
+    async def start(self, within: float = 60.0) -> Any:
+        self.ns = int(await super().start(within))
+        return self.ns
 
     async def set_fault(self, on: bool) -> float:
         """Write the fault variable; returns the server's monotonic time right after the write."""
-        self._conn.send(on)
-        async with asyncio.timeout(5):
-            return float(await self._recv())
-
-    async def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
-        await asyncio.to_thread(self._proc.join, 10.0)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            await asyncio.to_thread(self._proc.join, 5.0)
-        self._conn.close()
-
-    async def _recv(self) -> Any:
-        """Wait for the pipe without blocking the agent's event loop, then read one message."""
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        fd = self._conn.fileno()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(fd, wake)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-        try:
-            return self._conn.recv()
-        except EOFError:
-            raise RuntimeError(f"the server process ended (exit code {self._proc.exitcode})") from None
+        return float(await self.ask(on))
 
 
 # -- the run ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Measurement:
-    change: float  # server process: the variable holds the new value
-    committed: float  # agent: AlertLog.commit returned (synced to disk)
-    received: float  # receiver: the event arrived
 
 
 def bench_config(server: RemoteServer, mode: str, url: str, poll_ms: float, state_dir: Path) -> Config:
@@ -254,13 +209,6 @@ async def measure_mode(
             stop.set()
             await asyncio.wait_for(task, 15)
     return out, unexpected
-
-
-def pct(values: Sequence[float], p: int) -> float:
-    """The p-th percentile (linear interpolation between the closest ranks)."""
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
 def report(mode: str, ms: list[Measurement], unexpected: list[dict[str, Any]]) -> dict[str, float]:
