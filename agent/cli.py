@@ -103,7 +103,9 @@ def summary(cfg: Config) -> str:
             lines += [f"  signal {s.id}: node {s.node}" for s in m.signals]
     for r in cfg.rules:
         if isinstance(r, ThresholdRule):
-            detail = f"warning {r.warning} critical {r.critical} deadband {r.deadband}"
+            levels = (("warning", r.warning), ("critical", r.critical))
+            limits = [f"{name} {v:g}" for name, v in levels if v is not None]
+            detail = " ".join(limits) + (f" deadband {r.deadband:g}" if r.deadband else "")
         elif isinstance(r, CodeRule):
             detail = f"severity {r.severity}, normal {r.normal}, {len(r.codes)} code(s) in the table"
         elif isinstance(r, ToolLifeRule):

@@ -88,7 +88,7 @@ def test_check_example_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> No
     assert "    coil 0..0 (1 bit: estop)" in lines
     assert "    discrete 4..4 (1 bit: door_open)" in lines
     # rules and sinks
-    assert "rule tool1-wear: threshold on press-1/tool1_wear, warning 80.0 critical 95.0 deadband 1.0" in lines
+    assert "rule tool1-wear: threshold on press-1/tool1_wear, warning 80 critical 95 deadband 1" in lines
     assert "rule spindle-fault: fault on press-1/spindle_fault, severity critical" in lines
     assert "rule tool3-life: tool_life on press-1/strokes, counting up to 50000, warning 5000 before" in lines
     assert sum(line.startswith("rule ") for line in lines) == 11
@@ -161,3 +161,14 @@ def test_python_m_agent_check_bad_config(bad_config: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
     _assert_one_config_error_line(proc.stderr, bad_config)
+
+
+def test_check_names_only_the_limits_a_threshold_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "one-limit.toml"
+    cfg.write_text(
+        '[[machines]]\nid = "m"\nprotocol = "modbus"\nhost = "127.0.0.1"\n'
+        '[[machines.signals]]\nid = "load"\naddress = 0\n'
+        '[[rules]]\nid = "hot"\nmachine = "m"\nsignal = "load"\nkind = "threshold"\ncritical = 22.5\n'
+    )
+    assert main(["check", "--config", str(cfg)]) == 0
+    assert "rule hot: threshold on m/load, critical 22.5" in capsys.readouterr().out.splitlines()
