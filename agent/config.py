@@ -397,7 +397,6 @@ class StaleRule(_RuleBase):
 Rule = Annotated[
     ThresholdRule | FaultRule | CodeRule | ToolLifeRule | ForecastRule | StaleRule, Field(discriminator="kind")
 ]
-RULE_KINDS = ("threshold", "fault", "code", "tool_life", "forecast", "stale")
 
 
 class AlertsSection(_Strict):

@@ -7,15 +7,16 @@ so that callers only ever catch these::
     AndonError
     ├── ConfigError            the config file is invalid (exit status 2); fatal
     ├── DriverError            talking to a machine failed
-    │   ├── ConnectionLost     no connection, or it broke; retryable (reconnect with backoff)
-    │   └── DeviceRefused      the device answered with an error (e.g. Modbus exception);
-    │                          the connection is fine, the affected samples are bad
+    │   └── ConnectionLost     no connection, or it broke; retryable (reconnect with backoff)
+    │       └── NoAnswer       (drivers/modbus/bus.py) one unit on a shared bus did not answer;
+    │                          that machine backs off, the bus stays open for the others
     ├── OutboxError            the durable outbox could not be read or written
     └── DeliveryError          a sink could not deliver a batch
         ├── RetryLater         transient (timeout, 5xx, 408, 429): same events again later
         └── Rejected           the receiver refused the events (other 4xx): set them aside
 
-``retryable`` says whether trying again later can help.
+``retryable`` says whether trying again later can help. A device that answers with an error (a
+Modbus exception, a Bad OPC UA status) is not an exception: its samples come back bad-quality.
 """
 
 from __future__ import annotations
@@ -43,14 +44,6 @@ class ConnectionLost(DriverError):
     """The connection is down or broke; reconnecting may help."""
 
     retryable = True
-
-
-class DeviceRefused(DriverError):
-    """The device answered a request with an error; the connection itself is fine."""
-
-    def __init__(self, machine: str, message: str, code: int | None = None) -> None:
-        super().__init__(machine, message)
-        self.code = code
 
 
 class OutboxError(AndonError):
