@@ -283,4 +283,4 @@ def tick(
     """
     if last is None or not last.good:
         return state, []
-    return evaluate(rule, state, replace(last, time=wall), now, unit)
+    return evaluate(rule, state, last._replace(time=wall), now, unit)
