@@ -409,6 +409,16 @@ class AlertsSection(_Strict):
 class StatusSection(_Strict):
     listen: str | None = "127.0.0.1:9108"  # "host:port"; empty string or null turns it off
 
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, listen: str | None) -> str | None:
+        if not listen:
+            return listen
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f'not "host:port": {listen!r} (e.g. "127.0.0.1:9108"; "" turns it off)')
+        return listen
+
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|KiB|MB|MiB|GB|GiB)?\s*$")
 _SIZE_UNITS = {None: 1, "B": 1, "kB": 1000, "KB": 1000, "KiB": 1024}

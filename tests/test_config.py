@@ -322,6 +322,7 @@ BAD = [
     Bad("unknown key in [agent]", "agent.gatway_id", "unknown key", {"agent": 'gatway_id = "gw"'}),
     Bad("unknown key in a rule", "rules[0].criticial", "unknown key", {"rule": "criticial = 95"}),
     Bad("unknown key in a sink", "sinks[0].tokn_env", "unknown key", {"sink": 'tokn_env = "X"'}),
+    Bad("status listen without a port", "status.listen", 'not "host:port"', {"extra": '[status]\nlisten = "9108"'}),
     Bad("wrong type name", "machines[0].signals[0].type", r"'uint16'.*got 'uint17'", {"signal": 'type = "uint17"'}),
     Bad(
         "missing address",
