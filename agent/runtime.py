@@ -408,10 +408,7 @@ class Agent:
                 for machine in cfg.machines:
                     self._start_machine(machine)
                 if cfg.status.listen:
-                    from agent.status import StatusServer  # prometheus-client only when it is used
-
-                    status = await stack.enter_async_context(StatusServer(self, cfg.status.listen))
-                    self.status_port = status.port
+                    await self._start_status(stack, cfg.status.listen)
                 watchdog = tg.create_task(self._notifier.watchdog(), name="watchdog")
                 log.info(
                     "agent %s started: %d machine(s), %d rule(s), %d sink(s), %d event(s) waiting in the outbox%s",
@@ -450,6 +447,17 @@ class Agent:
         log.info("stopped")
 
     # -- building blocks ----------------------------------------------------------------------
+
+    async def _start_status(self, stack: contextlib.AsyncExitStack, listen: str) -> None:
+        """Serve /healthz, /metrics and /status; a port already taken must not stop the alerting."""
+        from agent.status import StatusServer  # prometheus-client only when it is used
+
+        try:
+            status = await stack.enter_async_context(StatusServer(self, listen))
+        except OSError as exc:
+            log.error("status endpoints are off: cannot listen on %s (%s); alerting goes on", listen, exc)
+            return
+        self.status_port = status.port
 
     def _make_outbox(self, cfg: Config) -> AsyncOutbox:
         return AsyncOutbox(

@@ -329,3 +329,22 @@ def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -
         assert record["message"] == "machine m1 is offline" and "\n" not in line
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
+
+
+async def test_a_taken_status_port_does_not_stop_the_alerting(
+    machine: SimulatedMachine, receiver: Receiver, make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        cfg = make_config(machine.port, receiver.url, status={"listen": f"127.0.0.1:{port}"})
+        with caplog.at_level(logging.ERROR, logger="andon.runtime"):
+            async with running(cfg) as agent:
+                await machine.set("holding", 10, [0b1000])
+                await receiver.wait_for(lambda ev: [e["subject"] for e in ev] == ["m1/fault"])
+                assert agent.status_port is None
+        assert any("status endpoints are off" in r.getMessage() for r in caplog.records)
+    finally:
+        taken.close()
