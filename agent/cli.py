@@ -23,7 +23,7 @@ from agent.config import (
     ToolLifeRule,
     load_config,
 )
-from agent.errors import ConfigError
+from agent.errors import ConfigError, OutboxError
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("andon")
@@ -219,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:  # e.g. a token variable that is not set
         print(f"andon-agent: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except (OSError, OutboxError) as exc:  # e.g. a state_dir the agent may not write: say so, no traceback
+        log.error("cannot run: %s", exc)
+        return EXIT_FATAL
     except Exception:
         log.exception("fatal error")
         return EXIT_FATAL

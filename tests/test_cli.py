@@ -172,3 +172,19 @@ def test_check_names_only_the_limits_a_threshold_has(tmp_path: Path, capsys: pyt
     )
     assert main(["check", "--config", str(cfg)]) == 0
     assert "rule hot: threshold on m/load, critical 22.5" in capsys.readouterr().out.splitlines()
+
+
+def test_run_with_a_state_dir_it_cannot_create_exits_1_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the state directory should be")
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f'[agent]\nstate_dir = "{blocker}/state"\n[status]\nlisten = ""\n'
+        '[[machines]]\nid = "m"\nprotocol = "modbus"\nhost = "127.0.0.1"\n'
+        '[[machines.signals]]\nid = "s"\naddress = 0\n'
+    )
+    assert main(["run", "--config", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert "cannot run:" in out and "Traceback" not in out
