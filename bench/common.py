@@ -82,3 +82,37 @@ class RemoteProcess:
 
 
 __all__ = ["Connection", "Measurement", "RemoteProcess", "pct"]
+
+
+async def first_read(agent: Any, task: asyncio.Task[None], within: float) -> None:
+    """Wait until the agent's first machine has been read once (the bench can then start changing)."""
+    async with asyncio.timeout(within):
+        while not agent.machines or agent.machines[0].status.reads == 0:
+            if task.done():
+                task.result()
+                raise RuntimeError("the agent stopped before its first read")
+            await asyncio.sleep(0.01)
+
+
+async def change_and_catch(
+    set_fault: Callable[[bool], Any],
+    on: bool,
+    arrivals: asyncio.Queue[tuple[float, dict[str, Any]]],
+    subject: str,
+    within: float,
+    unexpected: list[dict[str, Any]],
+) -> tuple[float, float, dict[str, Any]]:
+    """Set the fault on or off and wait for its raised/cleared event: (change time, arrival time, event).
+
+    Events that arrive meanwhile and are not the one awaited go to ``unexpected``.
+    """
+    want = "andon.alert.raised" if on else "andon.alert.cleared"
+    while not arrivals.empty():  # nothing should arrive between two changes
+        unexpected.append(arrivals.get_nowait()[1])
+    change = float(await set_fault(on))
+    async with asyncio.timeout(within):
+        while True:
+            received, event = await arrivals.get()
+            if event["subject"] == subject and event["type"] == want:
+                return change, received, event
+            unexpected.append(event)

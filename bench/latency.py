@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from common import RemoteProcess, pct
+from common import RemoteProcess, change_and_catch, first_read, pct
 
 from agent.config import Config, ModbusMachine, OpcuaMachine, parse_config
 from agent.model import Sample, StoredEvent, Transition
@@ -225,26 +225,13 @@ async def measure(args: argparse.Namespace, state_dir: Path) -> tuple[list[Measu
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop), name="agent")
             try:
-                async with asyncio.timeout(10):
-                    while not agent.machines or agent.machines[0].status.reads == 0:
-                        if task.done():
-                            task.result()
-                            raise RuntimeError("the agent stopped before its first read")
-                        await asyncio.sleep(0.01)
+                await first_read(agent, task, 10)
                 out: list[Measurement] = []
                 unexpected: list[dict[str, Any]] = []
                 for k in range(args.warmup + args.changes):
-                    on = k % 2 == 0
-                    want = "andon.alert.raised" if on else "andon.alert.cleared"
-                    while not arrivals.empty():  # nothing should arrive between two changes
-                        unexpected.append(arrivals.get_nowait()[1])
-                    change = await sim.set_fault(on)
-                    async with asyncio.timeout(wait_limit):
-                        while True:
-                            received, event = await arrivals.get()
-                            if event["subject"] == SUBJECT and event["type"] == want:
-                                break
-                            unexpected.append(event)
+                    change, received, event = await change_and_catch(
+                        sim.set_fault, k % 2 == 0, arrivals, SUBJECT, wait_limit, unexpected
+                    )
                     seq = int(event["data"]["seq"])
                     c = commits[seq]
                     if k >= args.warmup:

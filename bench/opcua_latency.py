@@ -40,7 +40,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from common import Measurement, RemoteProcess, pct
+from common import Measurement, RemoteProcess, change_and_catch, first_read, pct
 
 from agent.config import Config, parse_config
 from agent.model import StoredEvent, Transition
@@ -181,26 +181,13 @@ async def measure_mode(
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop), name="agent")
         try:
-            async with asyncio.timeout(20):
-                while not agent.machines or agent.machines[0].status.reads == 0:
-                    if task.done():
-                        task.result()
-                        raise RuntimeError("the agent stopped before its first read")
-                    await asyncio.sleep(0.01)
+            await first_read(agent, task, 20)
             out: list[Measurement] = []
             unexpected: list[dict[str, Any]] = []
             for k in range(args.warmup + args.changes):
-                on = k % 2 == 0
-                want = "andon.alert.raised" if on else "andon.alert.cleared"
-                while not arrivals.empty():  # nothing should arrive between two changes
-                    unexpected.append(arrivals.get_nowait()[1])
-                change = await server.set_fault(on)
-                async with asyncio.timeout(wait_limit):
-                    while True:
-                        received, event = await arrivals.get()
-                        if event["subject"] == SUBJECT and event["type"] == want:
-                            break
-                        unexpected.append(event)
+                change, received, event = await change_and_catch(
+                    server.set_fault, k % 2 == 0, arrivals, SUBJECT, wait_limit, unexpected
+                )
                 if k >= args.warmup:
                     out.append(Measurement(change, commits[int(event["data"]["seq"])], received))
                 next_change = max(change + rng.uniform(*GAP) * poll, received + QUIET_AFTER_EVENT)
