@@ -384,7 +384,7 @@ async def test_full_disk_holds_transitions_back_and_resumes_without_a_gap(
 async def test_the_agent_starts_on_a_garbage_outbox_and_says_so(
     tmp_path: Path, machine: SimulatedMachine, receiver: Receiver
 ) -> None:
-    from tests.test_process import AgentProcess, write_config
+    from tests.agent_process import AgentProcess, write_config
 
     state = tmp_path / "state"
     state.mkdir()

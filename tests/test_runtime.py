@@ -16,16 +16,7 @@ from agent.receiver import Receiver
 from agent.runtime import Agent
 from drivers.modbus.sim import SimulatedMachine
 from tests.conftest import WEAR_SIGNALS, machine_doc
-from tests.waiting import Changes, counting_factory, running_agent
-
-
-def running(cfg: Config, changes: Changes | None = None, reads: dict[str, int] | None = None) -> Any:
-    changes = changes or Changes()
-    return running_agent(cfg, changes=changes, driver_factory=counting_factory({} if reads is None else reads, changes))
-
-
-def of(events: list[dict[str, Any]], subject: str, kind: str) -> list[dict[str, Any]]:
-    return [e for e in events if e["subject"] == subject and e["type"] == f"andon.alert.{kind}"]
+from tests.waiting import Changes, of, running
 
 
 async def test_alert_raised_escalated_cleared_and_delivered(

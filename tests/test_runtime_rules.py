@@ -17,7 +17,7 @@ from agent.receiver import Receiver
 from agent.runtime import Agent, Clock
 from drivers.modbus.sim import SimulatedMachine
 from tests.conftest import machine_doc
-from tests.test_runtime import of, running
+from tests.waiting import of, running
 
 SIGNALS = [
     {"id": "fault_code", "register": "holding", "address": 20, "type": "uint16"},

@@ -89,3 +89,14 @@ async def running_agent(cfg: Config, *, changes: Changes | None = None, **kw: An
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+def running(cfg: Config, changes: Changes | None = None, reads: dict[str, int] | None = None) -> Any:
+    """:func:`running_agent` with its drivers counted into ``reads`` (good reads per machine)."""
+    changes = changes or Changes()
+    return running_agent(cfg, changes=changes, driver_factory=counting_factory({} if reads is None else reads, changes))
+
+
+def of(events: list[dict[str, Any]], subject: str, kind: str) -> list[dict[str, Any]]:
+    """The events of one alert (``subject``) and one kind ("raised", "updated", "cleared")."""
+    return [e for e in events if e["subject"] == subject and e["type"] == f"andon.alert.{kind}"]
