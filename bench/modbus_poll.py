@@ -3,6 +3,7 @@
     .venv/bin/python bench/modbus_poll.py                 # 60 s measured, after a 3 s warm-up
     .venv/bin/python bench/modbus_poll.py --seconds 120 --signals 1000 --poll-ms 1000
     .venv/bin/python bench/modbus_poll.py --packed         # the same signals without gaps: fewer requests
+    .venv/bin/python bench/modbus_poll.py --seconds 20 --profile 30   # where the CPU goes
 
 The simulated machine (a real pymodbus TCP server, :class:`drivers.modbus.sim.SimulatedMachine`)
 runs in a child process and counts the requests it receives. This process runs the real
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
 import random
 import resource
 import subprocess
@@ -187,12 +190,19 @@ async def measure(args: argparse.Namespace, proc: subprocess.Popen[str], port: i
     await asyncio.sleep(args.warmup)
     reads0 = await next_poll()
     requests0 = await loop.run_in_executor(None, server_requests, proc)
+    profiler = cProfile.Profile(time.process_time) if args.profile else None
     cpu0, t0, reading0 = cpu_seconds(), time.monotonic(), read_cpu[0]
+    if profiler:
+        profiler.enable()
     await asyncio.sleep(args.seconds)
     reads1 = await next_poll()
+    if profiler:
+        profiler.disable()
     cpu1, t1, reading1 = cpu_seconds(), time.monotonic(), read_cpu[0]
     requests1 = await loop.run_in_executor(None, server_requests, proc)
     good = not runner.status.bad_signals
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
     stop.set()
     await task
     await drivers.aclose()
@@ -215,6 +225,9 @@ def main() -> int:
     parser.add_argument("--poll-ms", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--packed", action="store_true", help="signals without gaps (fewer requests per poll)")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="print the N functions using most CPU (it inflates CPU)"
+    )
     parser.add_argument("--registers", type=int, default=2000, help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

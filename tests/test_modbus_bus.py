@@ -431,20 +431,26 @@ async def test_a_reloaded_config_brings_new_serial_settings_once_the_bus_is_free
         assert bus._settings is new and bus.connects == 2
 
 
-def test_fast_register_replies_decode_like_pymodbus_and_check_the_byte_count() -> None:
+def test_pymodbus_replies_keep_their_data_bytes_and_check_the_byte_count() -> None:
     from pymodbus.exceptions import ModbusIOException
+    from pymodbus.pdu.bit_message import ReadCoilsResponse
     from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
-    from drivers.modbus.bus import _HoldingRegisters, _InputRegisters
+    from drivers.modbus.bus import _Coils, _DiscreteInputs, _HoldingRegisters, _InputRegisters
 
-    data = bytes([6, 0x12, 0x34, 0xFF, 0xFF, 0x00, 0x01])
-    theirs = ReadHoldingRegistersResponse()
-    theirs.decode(data)
-    for cls in (_HoldingRegisters, _InputRegisters):
+    registers = bytes([6, 0x12, 0x34, 0xFF, 0xFF, 0x00, 0x01])
+    bits = bytes([2, 0b0000_0101, 0b1])
+    for cls, data, theirs in (
+        (_HoldingRegisters, registers, ReadHoldingRegistersResponse()),
+        (_InputRegisters, registers, ReadHoldingRegistersResponse()),
+        (_Coils, bits, ReadCoilsResponse()),
+        (_DiscreteInputs, bits, ReadCoilsResponse()),
+    ):
         ours = cls()
         ours.decode(data)
-        assert ours.registers == theirs.registers == [0x1234, 0xFFFF, 1]
-        assert "3 registers" in str(ours)
-        for bad in (bytes([8, 1, 2, 3, 4]), bytes([3, 1, 2, 3, 4])):
+        theirs.decode(data)
+        assert ours.raw == data[1:]
+        assert str(len(data) - 1) + " bytes" in str(ours)
+        for bad in (bytes([8, 1, 2, 3, 4]), bytes([3, 1, 2, 3, 4]), b""):
             with pytest.raises(ModbusIOException):
                 cls().decode(bad)

@@ -37,6 +37,7 @@ Guarantees:
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Callable, Sequence
 from types import MappingProxyType
 from typing import Final, Literal, get_args
@@ -286,6 +287,16 @@ class Block:
             _check_registers(registers, "block")
             raise CodecError(f"block: {exc}") from None
         self.registers = registers
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Block:
+        """The block of a reply's data bytes (registers big-endian, as on the wire); never fails."""
+        block = cls.__new__(cls)
+        swapped = array("H", data)
+        swapped.byteswap()
+        block.be, block.sw = data, swapped.tobytes()
+        block.registers = struct.unpack(f">{len(data) // 2}H", data)
+        return block
 
 
 Decoder = Callable[[Block, int], Value]

@@ -45,6 +45,7 @@ from agent.model import Quality, Sample
 from drivers.modbus.bus import Bus
 from drivers.modbus.codec import Block, CodecError, Decoder, compile_decoder, register_count
 from drivers.modbus.planner import MAX_BITS, MAX_REGISTERS, ReadRequest, Span, plan_reads, split_request
+from drivers.modbus.tcp import data_size
 
 log = logging.getLogger("andon.modbus")
 
@@ -192,13 +193,13 @@ class ModbusDriver:
 
     async def _read_request(self, req: ReadRequest, now: float) -> tuple[list[Sample], bool]:
         """The request's samples, and whether the device answered every read without an exception."""
-        rr = await self._bus.request(self.machine, req.table, req.address, req.count)
-        if rr.isError() and int(rr.exception_code) in BUSY:
+        reply = await self._bus.request(self.machine, req.table, req.address, req.count)
+        if reply.exception_code in BUSY:
             await asyncio.sleep(busy_pause(self.machine))
-            rr = await self._bus.request(self.machine, req.table, req.address, req.count)
-        if not rr.isError():
-            return self._decode(req, rr, now), True
-        code = int(rr.exception_code)
+            reply = await self._bus.request(self.machine, req.table, req.address, req.count)
+        code = reply.exception_code
+        if not code:
+            return self._decode(req, reply.data, now), True
         if code == ILLEGAL_ADDRESS:
             return await self._bisect(req, now), False
         reason = _exception_text(code)
@@ -277,23 +278,21 @@ class ModbusDriver:
             max_bits=self._limits["bits"],
         )
 
-    def _decode(self, req: ReadRequest, rr: Any, now: float) -> list[Sample]:
+    def _decode(self, req: ReadRequest, data: bytes, now: float) -> list[Sample]:
+        """The samples of one reply's data bytes (see :class:`~drivers.modbus.tcp.Reply`)."""
         bits = req.table in _BIT_TABLES
-        got = len(rr.bits) if bits else len(rr.registers)
-        if got != (-(-req.count // 8) * 8 if bits else req.count):  # pymodbus pads bits to whole bytes
-            why = f"a reply of the wrong length ({got} {'bits' if bits else 'registers'} for {req.count})"
-            return [self._bad(key, now, why) for key in req.keys]
+        if len(data) != data_size(req.table, req.count):
+            what = f"{len(data)} bytes for {req.count} {'bits' if bits else 'registers'}"
+            return [self._bad(key, now, f"a reply of the wrong length ({what})") for key in req.keys]
         out = []
         mid = self.machine.id
         if bits:
+            packed = int.from_bytes(data, "little")  # the first address is the least significant bit
             for key in req.keys:
-                value: Any = bool(rr.bits[self._spans[key].address - req.address])
+                value: Any = bool(packed >> (self._spans[key].address - req.address) & 1)
                 out.append(Sample(mid, key, value, Quality.GOOD, now))
             return out
-        try:
-            block = Block(rr.registers)
-        except CodecError as exc:
-            return [self._bad(key, now, str(exc)) for key in req.keys]
+        block = Block.from_wire(data)
         decoders, spans, start, isfinite = self._decoders, self._spans, req.address, math.isfinite
         for key in req.keys:  # the hot path: about 1,000 signals per poll must cost little CPU
             decoder, scale, offset = decoders[key]
