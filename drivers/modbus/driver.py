@@ -37,7 +37,7 @@ import logging
 import math
 import time
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, NamedTuple, Self
 
 from agent.config import ModbusMachine
 from agent.errors import ConnectionLost
@@ -65,7 +65,19 @@ EXCEPTION_NAMES: Final = {
     11: "gateway target failed to respond",
 }
 _BIT_TABLES: Final = frozenset({"coil", "discrete"})
-_UNSCALED: Final = (bool, str)  # see codec.scaled
+_UNSCALED: Final = frozenset({"bool", "bit", "string"})  # types that scale and offset leave alone (codec.scaled)
+_FLOATS: Final = frozenset({"float32", "float64"})  # types whose raw value may be NaN or infinite
+
+
+class _Item(NamedTuple):
+    """How to decode one signal from a register reply: ``decoder(block, at)``, then scale and check."""
+
+    key: str
+    decoder: Decoder
+    at: int  # the signal's first register in the reply
+    scale: float | None  # None: leave the raw value alone
+    offset: float
+    is_float: bool  # the value may be NaN or infinite: check it
 
 
 def busy_pause(machine: ModbusMachine) -> float:
@@ -114,17 +126,10 @@ class ModbusDriver:
         self._bus = bus if bus is not None else Bus(machine)
         self._spans = spans_for(machine)
         self._signals = {s.id: s for s in machine.signals}
-        # Per register signal: its compiled decoder, and scale and offset (None, 0 when they
-        # change nothing, so integers stay exact integers; see codec.scaled).
-        self._decoders: dict[str, tuple[Decoder, float | None, float]] = {
-            s.id: (
-                compile_decoder(s.type, s.byte_order, bit=s.bit, length=s.length),
-                None if s.scale == 1 and s.offset == 0 else float(s.scale),
-                float(s.offset),
-            )
-            for s in machine.signals
-            if s.table not in _BIT_TABLES
-        }
+        self._layouts: dict[ReadRequest, list[_Item]] = {}  # per request: how to decode its reply
+        for signal in machine.signals:  # fail at start (not in the first poll) on a signal the codec refuses
+            if signal.table not in _BIT_TABLES:
+                compile_decoder(signal.type, signal.byte_order, bit=signal.bit, length=signal.length)
         self._used: dict[str, set[int]] = {}  # addresses some signal needs, per table
         for span in self._spans.values():
             self._used.setdefault(span.table, set()).update(range(span.address, span.address + span.count))
@@ -270,6 +275,7 @@ class ModbusDriver:
         for key in self._refused_keys:
             span = self._spans[key]
             avoid |= {(span.table, a) for a in range(span.address, span.address + span.count)} - covered
+        self._layouts.clear()
         self._plan = plan_reads(
             kept,
             max_gap=self.machine.max_gap,
@@ -280,34 +286,51 @@ class ModbusDriver:
 
     def _decode(self, req: ReadRequest, data: bytes, now: float) -> list[Sample]:
         """The samples of one reply's data bytes (see :class:`~drivers.modbus.tcp.Reply`)."""
-        bits = req.table in _BIT_TABLES
         if len(data) != data_size(req.table, req.count):
-            what = f"{len(data)} bytes for {req.count} {'bits' if bits else 'registers'}"
+            what = f"{len(data)} bytes for {req.count} {'bits' if req.table in _BIT_TABLES else 'registers'}"
             return [self._bad(key, now, f"a reply of the wrong length ({what})") for key in req.keys]
-        out = []
-        mid = self.machine.id
-        if bits:
+        # The hot path: about 1,000 signals per poll must cost little CPU. A Sample is built with
+        # tuple.__new__, as NamedTuple's own __new__ costs twice as much.
+        mid, new, good = self.machine.id, tuple.__new__, Quality.GOOD
+        out: list[Sample] = []
+        value: Any
+        if req.table in _BIT_TABLES:
             packed = int.from_bytes(data, "little")  # the first address is the least significant bit
             for key in req.keys:
-                value: Any = bool(packed >> (self._spans[key].address - req.address) & 1)
-                out.append(Sample(mid, key, value, Quality.GOOD, now))
+                value = bool(packed >> (self._spans[key].address - req.address) & 1)
+                out.append(new(Sample, (mid, key, value, good, now, None)))
             return out
-        block = Block.from_wire(data)
-        decoders, spans, start, isfinite = self._decoders, self._spans, req.address, math.isfinite
-        for key in req.keys:  # the hot path: about 1,000 signals per poll must cost little CPU
-            decoder, scale, offset = decoders[key]
+        layout = self._layouts.get(req)
+        if layout is None:
+            layout = self._layouts[req] = self._layout(req)
+        block, isfinite = Block.from_wire(data), math.isfinite
+        for key, decoder, at, scale, offset, is_float in layout:
             try:
-                value = decoder(block, spans[key].address - start)
+                value = decoder(block, at)
             except CodecError as exc:  # not expected: the decoders were checked when compiled
                 out.append(self._bad(key, now, str(exc)))
                 continue
-            if scale is not None and not isinstance(value, _UNSCALED):
-                value = value * scale + offset
-            if value.__class__ is float and not isfinite(value):
+            if scale is not None:
+                value = value * scale + offset  # only numbers get a scale
+            if is_float and not isfinite(value):
                 out.append(self._bad(key, now, f"not a finite number ({value})"))
             else:
-                out.append(Sample(mid, key, value, Quality.GOOD, now))
+                out.append(new(Sample, (mid, key, value, good, now, None)))
         return out
+
+    def _layout(self, req: ReadRequest) -> list[_Item]:
+        """What decoding a register reply to ``req`` needs per signal, worked out once per request."""
+        items = []
+        for key in req.keys:
+            signal = self._signals[key]
+            decoder = compile_decoder(signal.type, signal.byte_order, bit=signal.bit, length=signal.length)
+            # scale and offset only when they change something, so integers stay exact (codec.scaled)
+            unscaled = signal.type in _UNSCALED or (signal.scale == 1 and signal.offset == 0)
+            scale = None if unscaled else float(signal.scale)
+            is_float = signal.type in _FLOATS or scale is not None
+            at = self._spans[key].address - req.address
+            items.append(_Item(key, decoder, at, scale, float(signal.offset), is_float))
+        return items
 
     def _bad(self, key: str, now: float, why: str) -> Sample:
         return Sample(self.machine.id, key, None, Quality.BAD, now, error=why)
