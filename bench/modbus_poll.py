@@ -228,7 +228,6 @@ def main() -> int:
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="print the N functions using most CPU (it inflates CPU)"
     )
-    parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--registers", type=int, default=2000, help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -239,12 +238,7 @@ def main() -> int:
     proc, port = start_server(args.registers)
     try:
         with tempfile.TemporaryDirectory(prefix="andon-bench-") as tmp:
-            if args.uvloop:
-                import uvloop
-
-                result = uvloop.run(measure(args, proc, port, Path(tmp)))
-            else:
-                result = asyncio.run(measure(args, proc, port, Path(tmp)))
+            result = asyncio.run(measure(args, proc, port, Path(tmp)))
     finally:
         assert proc.stdin is not None
         proc.stdin.close()

@@ -266,11 +266,13 @@ class Bus:
                 self._silent += 1
                 if self._silent >= RESET_AFTER:  # nobody answers: reopen the connection next time
                     self._drop()
-                what = "no answer" if isinstance(exc, TimeoutError) else f"no valid answer ({exc})"
                 where = f"{table} {address}..{address + count - 1}"
-                raise NoAnswer(
-                    machine.id, f"unit {machine.unit} on {self.name}: {what} to {where} within {machine.timeout:g}s"
-                ) from exc
+                what = (
+                    f"no answer to {where} within {machine.timeout:g}s"
+                    if isinstance(exc, TimeoutError)
+                    else f"no valid answer to {where}: {exc}"
+                )
+                raise NoAnswer(machine.id, f"unit {machine.unit} on {self.name}: {what}") from exc
             except OSError as exc:
                 self._drop()
                 where = f"{table} {address}..{address + count - 1}"

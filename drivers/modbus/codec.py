@@ -273,30 +273,17 @@ def scaled(raw: Value, scale: float, offset: float) -> Value:
 
 
 class Block:
-    """The registers of one reply, packed once so that compiled decoders read values with one
-    ``struct.unpack_from`` each. Raises :class:`CodecError` for a register outside 0..65535."""
+    """The data bytes of one register reply (registers big-endian, as on the wire), with each
+    register's bytes also swapped, so that compiled decoders read any byte order with one
+    ``struct.unpack_from`` each."""
 
     __slots__ = ("be", "registers", "sw")
 
-    def __init__(self, registers: Sequence[int]) -> None:
-        n = len(registers)
-        try:
-            self.be = struct.pack(f">{n}H", *registers)  # each register big-endian, as on the wire
-            self.sw = struct.pack(f"<{n}H", *registers)  # each register's two bytes swapped
-        except struct.error as exc:
-            _check_registers(registers, "block")
-            raise CodecError(f"block: {exc}") from None
-        self.registers = registers
-
-    @classmethod
-    def from_wire(cls, data: bytes) -> Block:
-        """The block of a reply's data bytes (registers big-endian, as on the wire); never fails."""
-        block = cls.__new__(cls)
+    def __init__(self, data: bytes) -> None:
         swapped = array("H", data)
         swapped.byteswap()
-        block.be, block.sw = data, swapped.tobytes()
-        block.registers = struct.unpack(f">{len(data) // 2}H", data)
-        return block
+        self.be, self.sw = data, swapped.tobytes()
+        self.registers = struct.unpack(f">{len(data) // 2}H", data)
 
 
 Decoder = Callable[[Block, int], Value]

@@ -303,7 +303,7 @@ class ModbusDriver:
         layout = self._layouts.get(req)
         if layout is None:
             layout = self._layouts[req] = self._layout(req)
-        block, isfinite = Block.from_wire(data), math.isfinite
+        block, isfinite = Block(data), math.isfinite
         for key, decoder, at, scale, offset, is_float in layout:
             try:
                 value = decoder(block, at)
