@@ -436,7 +436,7 @@ def test_pymodbus_replies_keep_their_data_bytes_and_check_the_byte_count() -> No
     from pymodbus.pdu.bit_message import ReadCoilsResponse
     from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
-    from drivers.modbus.bus import _Coils, _DiscreteInputs, _HoldingRegisters, _InputRegisters
+    from drivers.modbus.rtu import _Coils, _DiscreteInputs, _HoldingRegisters, _InputRegisters
 
     registers = bytes([6, 0x12, 0x34, 0xFF, 0xFF, 0x00, 0x01])
     bits = bytes([2, 0b0000_0101, 0b1])

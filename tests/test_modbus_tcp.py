@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -21,6 +24,8 @@ from drivers.modbus.bus import Bus, NoAnswer
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.sim import SimulatedMachine
 from drivers.modbus.tcp import Reply, TcpReader, data_size
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Request(NamedTuple):
@@ -325,3 +330,42 @@ def test_data_size_of_each_table() -> None:
 async def test_reading_without_a_connection_is_a_connection_error() -> None:
     with pytest.raises(ConnectionError):
         await TcpReader("127.0.0.1", 9).read("holding", 0, 1, 1)
+
+
+def test_a_modbus_tcp_agent_runs_without_importing_pymodbus() -> None:
+    code = """
+import asyncio, struct, sys
+from agent.config import ModbusMachine
+from drivers.base import Drivers
+
+async def answer(reader, writer):
+    tid = struct.unpack(">H", (await reader.readexactly(12))[:2])[0]
+    writer.write(struct.pack(">HHHBBBH", tid, 0, 5, 1, 3, 2, 42))
+    await writer.drain()
+
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    machine = ModbusMachine.model_validate(
+        {"id": "m", "protocol": "modbus", "host": "127.0.0.1", "port": port, "signals": [{"id": "s", "address": 0}]}
+    )
+    drivers = Drivers()
+    async with drivers(machine) as driver:
+        assert [s.value for s in await driver.read()] == [42]
+    await drivers.aclose()
+    server.close()
+
+asyncio.run(main())
+assert not [m for m in sys.modules if m.startswith("pymodbus")], "pymodbus was imported"
+from drivers.modbus.bus import Bus
+rtu = ModbusMachine.model_validate(
+    {"id": "r", "protocol": "modbus", "serial": "/dev/null", "signals": [{"id": "s", "address": 0}]}
+)
+async def rtu_reader():
+    Bus(rtu)._new_reader()
+asyncio.run(rtu_reader())
+assert "pymodbus" in sys.modules, "an RTU machine uses pymodbus"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

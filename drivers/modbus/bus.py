@@ -2,12 +2,12 @@
 
 A :class:`Bus` is one connection (a :class:`Reader`): a serial port (Modbus RTU), or one TCP
 connection to ``host:port`` with a framer (``socket`` for Modbus TCP, ``rtu`` for RTU-over-TCP
-gateways). Plain Modbus TCP uses the lean :class:`~drivers.modbus.tcp.TcpReader` (a third of
-pymodbus's CPU per request, see its docstring); serial RTU and RTU-over-TCP use pymodbus's client
-(:class:`PymodbusReader`). Every
-machine whose :attr:`~agent.config.ModbusMachine.bus` is the same (several units on one RS-485
-line, or behind one gateway) uses the same :class:`Bus`, made by one :class:`Buses` registry per
-agent run: there is no module-level state.
+gateways). Plain Modbus TCP uses the lean :class:`~drivers.modbus.tcp.TcpReader` (about half of
+pymodbus's CPU per read, see its docstring); serial RTU and RTU-over-TCP use pymodbus's client
+(:class:`~drivers.modbus.rtu.PymodbusReader`). Every machine whose
+:attr:`~agent.config.ModbusMachine.bus` is the same (several units on one RS-485 line, or behind
+one gateway) uses the same :class:`Bus`, made by one :class:`Buses` registry per agent run: there
+is no module-level state.
 
 Guarantees of :class:`Bus`:
 
@@ -15,7 +15,8 @@ Guarantees of :class:`Bus`:
   the bus stays quiet for ``m.request_gap`` before the next request of any machine; on a serial
   line it always keeps at least the RTU inter-frame silence (3.5 characters, 1.75 ms at most).
 * Each request is bounded by the asking machine's ``timeout``. A unit that does not answer in
-  time raises :class:`NoAnswer` (a :class:`~agent.errors.ConnectionLost` for that machine only):
+  time, or answers with a reply that is not valid, raises :class:`NoAnswer` (a
+  :class:`~agent.errors.ConnectionLost` for that machine only):
   the connection stays open for the other units. Only after :data:`RESET_AFTER` requests in a row
   without any answer, from whatever units, is the connection closed, to be reopened by the next
   request (a half-open TCP connection, a stuck USB adapter). pymodbus's own retries, its own
@@ -31,13 +32,7 @@ Guarantees of :class:`Bus`:
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final, Protocol
-
-from pymodbus import FramerType
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.pdu.bit_message import ReadCoilsResponse, ReadDiscreteInputsResponse
-from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
+from typing import Final, Protocol
 
 from agent.config import ModbusMachine
 from agent.errors import ConnectionLost
@@ -47,15 +42,6 @@ __all__ = ["RESET_AFTER", "Bus", "Buses", "NoAnswer", "Reader"]
 
 RESET_AFTER: Final = 3
 """Requests in a row without any answer after which the bus reopens its connection."""
-
-_CLIENT_TIMEOUT: Final = 60.0  # pymodbus's own timeout; each call is bounded by the machine's instead
-_NEVER: Final = 1 << 30  # "max no responses" before pymodbus closes the connection itself
-_READS: Final = {
-    "holding": "read_holding_registers",
-    "input": "read_input_registers",
-    "coil": "read_coils",
-    "discrete": "read_discrete_inputs",
-}
 
 
 class Reader(Protocol):
@@ -75,92 +61,6 @@ class Reader(Protocol):
         answer that does not fit, OSError when the connection is lost."""
 
     def close(self) -> None: ...
-
-
-class _Raw:
-    """A pymodbus read response that keeps the reply's data bytes as they came (for :class:`Reply`),
-    instead of pymodbus's per-value unpacking and its formatting of every reply for a debug line
-    (logged or not). Registered per client with ``client.register``: no global state."""
-
-    raw = b""
-
-    def decode(self, data: bytes) -> None:
-        if not data or data[0] != len(data) - 1:
-            raise ModbusIOException(f"byte count {data[0] if data else None} does not fit a reply of {len(data)} bytes")
-        self.raw = data[1:]
-
-    def __str__(self) -> str:
-        return f"{self.__class__.__name__}({len(self.raw)} bytes)"
-
-
-class _Coils(_Raw, ReadCoilsResponse):
-    pass
-
-
-class _DiscreteInputs(_Raw, ReadDiscreteInputsResponse):
-    pass
-
-
-class _HoldingRegisters(_Raw, ReadHoldingRegistersResponse):
-    pass
-
-
-class _InputRegisters(_Raw, ReadInputRegistersResponse):
-    pass
-
-
-class PymodbusReader:
-    """pymodbus's client as a :class:`Reader`: serial RTU and RTU-over-TCP, which the lean
-    :class:`~drivers.modbus.tcp.TcpReader` does not speak. Its own retries, its closing of the
-    connection after repeated timeouts and its automatic reconnect are all turned off."""
-
-    def __init__(self, machine: ModbusMachine) -> None:
-        common: dict[str, Any] = {"timeout": _CLIENT_TIMEOUT, "retries": 0, "reconnect_delay": 0}
-        client: AsyncModbusTcpClient | AsyncModbusSerialClient
-        if machine.serial is None:
-            assert machine.host is not None
-            framer = FramerType.RTU if machine.framer == "rtu" else FramerType.SOCKET
-            client = AsyncModbusTcpClient(machine.host, port=machine.port, framer=framer, **common)
-        else:
-            client = AsyncModbusSerialClient(
-                machine.serial,
-                framer=FramerType.RTU,
-                baudrate=machine.baudrate,
-                parity=machine.parity,
-                stopbits=machine.stopbits,
-                bytesize=machine.bytesize,
-                **common,
-            )
-        client.set_max_no_responses(_NEVER)
-        for response in (_Coils, _DiscreteInputs, _HoldingRegisters, _InputRegisters):
-            client.register(response)
-        self._client = client
-
-    @property
-    def connected(self) -> bool:
-        return self._client.connected
-
-    async def connect(self) -> None:
-        try:
-            ok = await self._client.connect()
-        except ModbusException as exc:
-            raise ConnectionRefusedError(str(exc)) from exc
-        if not ok:
-            raise ConnectionRefusedError("the connection was refused or the port cannot be opened")
-
-    async def read(self, table: str, address: int, count: int, unit: int) -> Reply:
-        try:
-            rr = await getattr(self._client, _READS[table])(address, count=count, device_id=unit)
-        except ModbusIOException as exc:
-            raise BadReply(str(exc)) from exc
-        except ConnectionException as exc:
-            raise ConnectionResetError(str(exc)) from exc
-        if rr.isError():
-            return Reply(b"", int(rr.exception_code))
-        return Reply(rr.raw)
-
-    def close(self) -> None:
-        self._client.close()
 
 
 class NoAnswer(ConnectionLost):
@@ -200,6 +100,8 @@ class Bus:
         if m.serial is None and m.framer == "socket":
             assert m.host is not None
             return TcpReader(m.host, m.port)
+        from drivers.modbus.rtu import PymodbusReader  # pymodbus is imported only when RTU is used
+
         return PymodbusReader(m)
 
     async def _connected(self, machine: ModbusMachine) -> Reader:
