@@ -209,9 +209,9 @@ class MachineRunner:
         now = self._clock.monotonic()
         self.status.reads += 1
         good = [s for s in samples if s.quality is _GOOD]  # not .good: a thousand property calls cost
-        bad = (
-            {s.signal: s.error or "bad" for s in samples if s.quality is not _GOOD} if len(good) < len(samples) else {}
-        )
+        bad: dict[str, str] = {}
+        if len(good) < len(samples):
+            bad = {s.signal: s.error or "bad" for s in samples if s.quality is not _GOOD}
         self.status.bad_signals = bad
         if good:
             self._conn.ok("reading again")
