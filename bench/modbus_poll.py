@@ -262,7 +262,7 @@ def main() -> int:
     print(f"requests per poll  {per_poll:.3f} ({requests} requests / {result['polls']} polls, counted by the server)")
     print(f"measured           {result['polls']} polls in {result['wall']:.1f} s")
     print(f"agent CPU          {result['cpu_pct']:.3f} % of one core")
-    print(f"  in Modbus reads  {result['read_pct']:.3f} % (driver, codec and Modbus client; the rest: rules, runtime, loop)")
+    print(f"  in Modbus reads  {result['read_pct']:.3f} % (driver, codec, client; the rest: rules, runtime, loop)")
     print(f"agent peak RSS     {rss_mb:.1f} MB")
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
