@@ -9,6 +9,7 @@ transaction id, garbage, replies that do not fit, replies cut off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import subprocess
 import sys
@@ -51,6 +52,11 @@ Script = Callable[[Request], bytes | None]
 class Peer:
     """A Modbus TCP peer on 127.0.0.1 that answers each request with ``script(request)``: the bytes
     to send, or None to stay silent. ``b"CLOSE"`` hangs up instead."""
+
+    def answer_in_turn(self, *scripts: Script) -> None:
+        """Answer the next requests with these scripts, one each, first to last."""
+        queue = list(scripts)
+        self.script = lambda req: queue.pop(0)(req)
 
     def __init__(self, script: Script) -> None:
         self.script = script
@@ -101,6 +107,17 @@ def machine_on(port: int, **kw: Any) -> ModbusMachine:
     return ModbusMachine.model_validate(doc)
 
 
+@contextlib.asynccontextmanager
+async def open_bus(m: ModbusMachine) -> AsyncIterator[Bus]:
+    """A bus joined by ``m``, left at the end."""
+    bus = Bus(m)
+    await bus.open(m)
+    try:
+        yield bus
+    finally:
+        bus.release()
+
+
 @pytest.fixture
 async def peer() -> AsyncIterator[Peer]:
     async with Peer(lambda req: registers_reply(req, [req.tid, 7][: req.count])) as p:
@@ -118,16 +135,12 @@ async def test_a_late_reply_is_dropped_and_replies_stay_in_step(peer: Peer) -> N
 
     peer.script = script
     m = machine_on(peer.port)
-    bus = Bus(m)
-    await bus.open(m)
-    try:
+    async with open_bus(m) as bus:
         with pytest.raises(NoAnswer, match=r"press-7'.*: no answer to holding 0\.\.1 within 0\.2s"):
             await bus.request(m, "holding", 0, 2)
         reply = await bus.request(m, "holding", 0, 2)
         assert reply == Reply(struct.pack(">2H", 222, 333))
         assert peer.connections == 1  # a timeout with nothing received keeps the connection
-    finally:
-        bus.release()
 
 
 async def test_a_device_that_does_not_echo_the_transaction_id_is_understood(peer: Peer) -> None:
@@ -151,19 +164,14 @@ async def test_a_device_that_does_not_echo_the_transaction_id_is_understood(peer
 async def test_a_reply_that_does_not_fit_fails_the_request_and_the_connection_stays(
     peer: Peer, answer: Script, why: str
 ) -> None:
-    replies = [answer, lambda req: registers_reply(req, [1, 2])]
-    peer.script = lambda req: replies.pop(0)(req)
+    peer.answer_in_turn(answer, lambda req: registers_reply(req, [1, 2]))
     m = machine_on(peer.port)
-    bus = Bus(m)
-    await bus.open(m)
-    try:
+    async with open_bus(m) as bus:
         where = f"unit 1 on tcp 127.0.0.1:{peer.port}"
         with pytest.raises(NoAnswer, match=f"press-7': {where}: no valid answer to holding 0..1: {why}$"):
             await bus.request(m, "holding", 0, 2)
         assert await bus.request(m, "holding", 0, 2) == Reply(struct.pack(">2H", 1, 2))
         assert peer.connections == 1
-    finally:
-        bus.release()
 
 
 @pytest.mark.parametrize(
@@ -178,43 +186,32 @@ async def test_a_reply_that_does_not_fit_fails_the_request_and_the_connection_st
 async def test_garbage_closes_the_connection_and_the_next_request_reconnects(
     peer: Peer, garbage: bytes, why: str
 ) -> None:
-    replies: list[Script] = [lambda req: garbage, lambda req: registers_reply(req, [3, 4])]
-    peer.script = lambda req: replies.pop(0)(req)
+    peer.answer_in_turn(lambda req: garbage, lambda req: registers_reply(req, [3, 4]))
     m = machine_on(peer.port)
-    bus = Bus(m)
-    await bus.open(m)
-    try:
+    async with open_bus(m) as bus:
         with pytest.raises(NoAnswer, match=f"press-7': .*: no valid answer to holding 0..1: {why}$"):
             await bus.request(m, "holding", 0, 2)
         assert not bus.connected
         assert await bus.request(m, "holding", 0, 2) == Reply(struct.pack(">2H", 3, 4))
         assert peer.connections == 2 and bus.connects == 2
-    finally:
-        bus.release()
 
 
 async def test_a_reply_cut_off_by_the_timeout_closes_the_connection(peer: Peer) -> None:
-    replies: list[Script] = [
+    peer.answer_in_turn(
         lambda req: registers_reply(req, [9, 9])[:10],  # the header and a part of the data, then silence
         lambda req: registers_reply(req, [5, 6]),
-    ]
-    peer.script = lambda req: replies.pop(0)(req)
+    )
     m = machine_on(peer.port)
-    bus = Bus(m)
-    await bus.open(m)
-    try:
+    async with open_bus(m) as bus:
         with pytest.raises(NoAnswer, match="no answer"):
             await bus.request(m, "holding", 0, 2)
         assert not bus.connected  # what comes next on that stream cannot be trusted
         assert await bus.request(m, "holding", 0, 2) == Reply(struct.pack(">2H", 5, 6))
         assert peer.connections == 2
-    finally:
-        bus.release()
 
 
 async def test_the_peer_hanging_up_mid_request_is_connection_lost_then_reconnects(peer: Peer) -> None:
-    replies: list[Script] = [lambda req: b"CLOSE", lambda req: registers_reply(req, [1, 1])]
-    peer.script = lambda req: replies.pop(0)(req)
+    peer.answer_in_turn(lambda req: b"CLOSE", lambda req: registers_reply(req, [1, 1]))
     m = machine_on(peer.port)
     async with ModbusDriver(m) as driver:
         with pytest.raises(
@@ -236,14 +233,10 @@ async def test_a_reply_with_fewer_registers_than_asked_gives_bad_samples(peer: P
 async def test_exception_replies_come_back_as_their_code(peer: Peer) -> None:
     peer.script = lambda req: frame(req.tid, req.unit, bytes([req.function | 0x80, 4]))
     m = machine_on(peer.port)
-    bus = Bus(m)
-    await bus.open(m)
-    try:
+    async with open_bus(m) as bus:
         assert await bus.request(m, "holding", 0, 2) == Reply(b"", 4)
         assert await bus.request(m, "coil", 0, 9) == Reply(b"", 4)
         assert [r.function for r in peer.requests] == [3, 1]
-    finally:
-        bus.release()
 
 
 async def test_every_table_reads_the_same_bytes_as_pymodbus_sends(machine: SimulatedMachine) -> None:
