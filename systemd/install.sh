@@ -10,7 +10,8 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 prefix=/opt/andon-agent
 
 if ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv
 fi
 getent group andon-agent >/dev/null || groupadd --system andon-agent
 getent passwd andon-agent >/dev/null || useradd --system --gid andon-agent --groups dialout \
@@ -24,7 +25,8 @@ install -m 0644 "$src/README.md" "$prefix/README.md"
 install -d -m 0750 -o root -g andon-agent /etc/andon-agent
 if [ ! -e /etc/andon-agent/agent.toml ]; then
   sed 's|^state_dir = .*|state_dir = "/var/lib/andon-agent"|' "$src/config/example.toml" > /etc/andon-agent/agent.toml
-  chmod 0640 /etc/andon-agent/agent.toml && chgrp andon-agent /etc/andon-agent/agent.toml
+  chmod 0640 /etc/andon-agent/agent.toml
+  chgrp andon-agent /etc/andon-agent/agent.toml
   fresh_config=1
 fi
 [ -e /etc/andon-agent/token ] || install -m 0600 -o root -g root /dev/null /etc/andon-agent/token
