@@ -1,8 +1,9 @@
 """The one error tree of andon-agent.
 
 Every error the agent raises on purpose derives from :class:`AndonError`. Third-party errors
-(pymodbus, asyncua, httpx, sqlite3) are translated at the boundary with ``raise ... from exc``
-so that callers only ever catch these::
+(pymodbus, asyncua, httpx, sqlite3), and the Modbus readers' own ``BadReply`` (which knows no
+machine), are translated at the boundary with ``raise ... from exc`` so that callers only ever
+catch these::
 
     AndonError
     ├── ConfigError            the config file is invalid (exit status 2); fatal
