@@ -74,8 +74,10 @@ async def _serve(conn: Connection, port: int) -> None:
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/bench/")
     ns = await server.register_namespace(NS_URI)
-    fault = await server.nodes.objects.add_variable(ua.NodeId("Fault", ns), "Fault", False)
-    await server.nodes.objects.add_variable(ua.NodeId("Wear", ns), "Wear", 12.5)
+    # asyncua annotates NodeId's arguments as String/Int32 and Int16; it takes a plain str or int.
+    fault = await server.nodes.objects.add_variable(ua.NodeId("Fault", ns), "Fault", False)  # type: ignore[arg-type]
+    # asyncua annotates NodeId's arguments as String/Int32 and Int16; it takes a plain str or int.
+    await server.nodes.objects.add_variable(ua.NodeId("Wear", ns), "Wear", 12.5)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
     readable = asyncio.Event()
     loop.add_reader(conn.fileno(), readable.set)

@@ -95,7 +95,8 @@ class OpcuaSim:
     async def set_status(self, name: str, status: int, value: Any = None) -> None:
         """Give the variable a (Bad or Uncertain) status code, as a PLC does for a broken sensor."""
         variant = ua.Variant(value, VARIABLES[name][0]) if value is not None else ua.Variant()
-        await self.nodes[name].write_value(ua.DataValue(variant, StatusCode=ua.StatusCode(status)))
+        # asyncua annotates StatusCode's value as UInt32; it takes (and defaults to) a plain int.
+        await self.nodes[name].write_value(ua.DataValue(variant, StatusCode=ua.StatusCode(status)))  # type: ignore[arg-type]
 
     async def restart(self) -> None:
         await self.stop()
@@ -132,10 +133,15 @@ async def _start(pki: Path) -> OpcuaSim:
     sim = OpcuaSim(server, port, ns, cert)
     objects = server.nodes.objects
     for name, (vtype, value) in VARIABLES.items():
-        sim.nodes[name] = await objects.add_variable(ua.NodeId(name, ns), name, ua.Variant(value, vtype))
+        # asyncua annotates NodeId's arguments as String/Int32 and Int16; it takes a plain str or int.
+        sim.nodes[name] = await objects.add_variable(ua.NodeId(name, ns), name, ua.Variant(value, vtype))  # type: ignore[arg-type]
     enum_type = await new_enum(server, ns, "MachineState", ["Off", "Idle", "Running", "Fault"])
     sim.nodes["Enum"] = await objects.add_variable(
-        ua.NodeId("Enum", ns), "Enum", ua.Variant(ENUM_VALUE, ua.VariantType.Int32), datatype=enum_type.nodeid
+        # asyncua annotates NodeId's arguments as String/Int32 and Int16; it takes a plain str or int.
+        ua.NodeId("Enum", ns),  # type: ignore[arg-type]
+        "Enum",
+        ua.Variant(ENUM_VALUE, ua.VariantType.Int32),
+        datatype=enum_type.nodeid,
     )
     await server.start()
     return sim

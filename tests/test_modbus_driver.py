@@ -31,7 +31,7 @@ def machine_cfg(port: int, signals: list[dict[str, Any]], **kw: Any) -> ModbusMa
     return ModbusMachine.model_validate(doc)
 
 
-ALL_TYPES = [
+ALL_TYPES: list[tuple[dict[str, Any], tuple[str, int, list[int] | list[bool]], object]] = [
     # (signal, registers or bits to put on the server, expected value)
     ({"id": "u16", "address": 0, "type": "uint16"}, ("holding", 0, [65535]), 65535),
     ({"id": "i16", "address": 1, "type": "int16"}, ("holding", 1, [65535]), -1),

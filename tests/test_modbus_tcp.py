@@ -34,7 +34,7 @@ class Request(NamedTuple):
     unit: int
     function: int
     address: int
-    count: int
+    quantity: int  # of registers or bits (the spec's name; `count` would shadow tuple.count)
 
 
 def frame(tid: int, unit: int, pdu: bytes, *, protocol: int = 0) -> bytes:
@@ -52,6 +52,8 @@ Script = Callable[[Request], bytes | None]
 class Peer:
     """A Modbus TCP peer on 127.0.0.1 that answers each request with ``script(request)``: the bytes
     to send, or None to stay silent. ``b"CLOSE"`` hangs up instead."""
+
+    script: Script
 
     def answer_in_turn(self, *scripts: Script) -> None:
         """Answer the next requests with these scripts, one each, first to last."""
@@ -120,7 +122,7 @@ async def open_bus(m: ModbusMachine) -> AsyncIterator[Bus]:
 
 @pytest.fixture
 async def peer() -> AsyncIterator[Peer]:
-    async with Peer(lambda req: registers_reply(req, [req.tid, 7][: req.count])) as p:
+    async with Peer(lambda req: registers_reply(req, [req.tid, 7][: req.quantity])) as p:
         yield p
 
 

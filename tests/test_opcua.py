@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from asyncua import ua
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 
 from agent.config import Config, OpcuaMachine, parse_config
 from agent.errors import ConfigError, ConnectionLost, DriverError
@@ -107,7 +109,11 @@ async def test_subscription_yields_current_values_then_changes(opcua: OpcuaSim, 
         assert first["wear"].good and first["wear"].value == 10.0
         for value in (20.5, 30.0, 96.5):
             await opcua.set("Sub.Wear", value)
-            got = await next_until(updates, lambda s, v=value: s["wear"].value == v)
+
+            def has_value(s: dict[str, Sample], v: float = value) -> bool:
+                return s["wear"].value == v
+
+            got = await next_until(updates, has_value)
             assert got["other"].good  # every list holds every signal's latest sample
         # Nothing changes: the latest values come again every poll_interval (time-based rules need it).
         again = await next_until(updates, lambda s: True, within=1.0)
@@ -123,7 +129,12 @@ async def test_two_changes_within_one_publish_are_both_seen(opcua: OpcuaSim, tmp
         seen: list[Any] = []
         await opcua.set("Sub.Wear", 1.0)
         await opcua.set("Sub.Wear", 2.0)  # both land in one publish (every 300 ms)
-        await next_until(updates, lambda s: seen.append(s["wear"].value) or s["wear"].value == 2.0)
+
+        def record(s: dict[str, Sample]) -> bool:
+            seen.append(s["wear"].value)
+            return s["wear"].value == 2.0
+
+        await next_until(updates, record)
         assert 1.0 in seen
 
 
@@ -237,11 +248,11 @@ async def test_bad_and_uncertain_status_give_bad_samples_with_the_status_name(
                 raise AssertionError("no such sample within 5 s")
 
         await until(lambda s: s["a"].value == 1.0)
-        await opcua.set_status("Status.A", ua.StatusCodes.BadSensorFailure, 5.0)
+        await opcua.set_status("Status.A", StatusCodes.BadSensorFailure, 5.0)
         got = await until(lambda s: not s["a"].good)
         assert (got["a"].value, got["a"].error) == (None, "BadSensorFailure")
         assert got["b"].good and got["b"].value == 2.0
-        await opcua.set_status("Status.A", ua.StatusCodes.UncertainLastUsableValue, 6.0)
+        await opcua.set_status("Status.A", StatusCodes.UncertainLastUsableValue, 6.0)
         got = await until(lambda s: s["a"].error == "UncertainLastUsableValue")
         assert got["a"].value is None
         await opcua.set("Status.A", 7.0)
@@ -293,6 +304,7 @@ async def test_sign_and_encrypt_with_a_generated_certificate(opcua: OpcuaSim, tm
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEST_OPCUA_PW", PASSWORD)
         async with OpcuaDriver(m) as driver:
+            assert isinstance(driver, OpcuaSubscriptionDriver)
             client = driver._client
             assert client is not None and client.security_policy.Mode == ua.MessageSecurityMode.SignAndEncrypt
             first = by_signal(await anext(driver.updates()))
@@ -469,6 +481,7 @@ async def test_a_subscription_that_stops_delivering_is_replaced(opcua: OpcuaSim,
     await opcua.set("Stale.Wear", 1.0)
     m = machine(tmp_path, opcua, {"wear": "Stale.Wear"}, poll_interval="100ms", offline_after="600ms")
     driver = OpcuaDriver(m)
+    assert isinstance(driver, OpcuaSubscriptionDriver)
     async with driver:
         updates = driver.updates()
         await next_until(updates, lambda s: s["wear"].value == 1.0)
@@ -606,6 +619,7 @@ async def test_a_silent_connection_ends_the_session_in_both_modes(opcua: OpcuaSi
 
         async def subscribed() -> None:
             async with OpcuaDriver(sub) as driver:
+                assert isinstance(driver, OpcuaSubscriptionDriver)
                 async for _ in driver.updates():
                     proxy.freeze()
 
@@ -623,15 +637,17 @@ async def test_a_silent_connection_ends_the_session_in_both_modes(opcua: OpcuaSi
         async with asyncio.timeout(6):  # the watchdog reads every max(1s, timeout); stale publish: 2.4s
             await asyncio.gather(ends(subscribed), ends(polled))
         async with OpcuaDriver(sub) as driver:  # a fresh session through the same proxy works
+            assert isinstance(driver, OpcuaSubscriptionDriver)
             await anext(driver.updates())
 
 
 @contextlib.asynccontextmanager
 async def operation_limits(sim: OpcuaSim, per_read: int, per_call: int) -> AsyncIterator[None]:
     """Give the shared server small MaxNodesPerRead / MaxMonitoredItemsPerCall for one test."""
+    # asyncua annotates NodeId's identifier as Int32 (or String, ...); it takes a plain int.
     nodes = [
-        sim.server.get_node(ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)),
-        sim.server.get_node(ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)),
+        sim.server.get_node(ua.NodeId(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)),  # type: ignore[arg-type]
+        sim.server.get_node(ua.NodeId(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)),  # type: ignore[arg-type]
     ]
     old = [await n.read_value() for n in nodes]
     for n, v in zip(nodes, (per_read, per_call), strict=True):
@@ -692,7 +708,8 @@ async def test_a_monitored_item_the_server_refuses_makes_its_signal_bad(
 
     async def refuse_the_second(self: Subscription, items: Any) -> Any:
         results = await create(self, items)
-        return [results[0], ua.StatusCode(ua.StatusCodes.BadTooManyMonitoredItems), *results[2:]]
+        # asyncua annotates StatusCode's value as UInt32; it takes (and defaults to) a plain int.
+        return [results[0], ua.StatusCode(StatusCodes.BadTooManyMonitoredItems), *results[2:]]  # type: ignore[arg-type]
 
     monkeypatch.setattr(Subscription, "create_monitored_items", refuse_the_second)
     m = machine(tmp_path, opcua, {"wear": "Sub.Wear", "other": "Sub.Other"})
@@ -710,8 +727,8 @@ async def test_a_monitored_item_the_server_refuses_makes_its_signal_bad(
 @pytest.mark.parametrize(
     ("push", "message"),
     [
-        (lambda d: d._inbox.status_change_notification(_status(ua.StatusCodes.BadTimeout)), "status BadTimeout"),
-        (lambda d: d._inbox.status_change_notification(_status(ua.StatusCodes.BadShutdown)), "status BadShutdown"),
+        (lambda d: d._inbox.status_change_notification(_status(StatusCodes.BadTimeout)), "status BadTimeout"),
+        (lambda d: d._inbox.status_change_notification(_status(StatusCodes.BadShutdown)), "status BadShutdown"),
         (lambda d: asyncio.ensure_future(d._on_lost(ConnectionError("transport lost"))), "transport lost"),
     ],
 )
@@ -720,6 +737,7 @@ async def test_a_subscription_status_change_or_lost_connection_ends_updates(
 ) -> None:
     m = machine(tmp_path, opcua, {"wear": "Sub.Wear"}, poll_interval="1s")
     async with OpcuaDriver(m) as driver:
+        assert isinstance(driver, OpcuaSubscriptionDriver)
         updates = driver.updates()
         await anext(updates)
         push(driver)
@@ -730,7 +748,8 @@ async def test_a_subscription_status_change_or_lost_connection_ends_updates(
 
 
 def _status(code: int) -> ua.StatusChangeNotification:
-    return ua.StatusChangeNotification(Status=ua.StatusCode(code))
+    # asyncua annotates StatusCode's value as UInt32; it takes (and defaults to) a plain int.
+    return ua.StatusChangeNotification(Status=ua.StatusCode(code))  # type: ignore[arg-type]
 
 
 async def test_a_revised_publishing_interval_sets_the_dead_subscription_limit(

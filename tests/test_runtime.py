@@ -58,7 +58,11 @@ async def test_upstream_down_then_up_loses_nothing_and_keeps_order(
         assert agent.outbox is not None
         for n, value in enumerate((850, 960, 100, 850, 100), start=1):
             await machine.set("holding", 0, [value])
-            await changes.until(lambda n=n: agent.outbox is not None and agent.outbox.sync.depth() == n)
+
+            def queued(n: int = n) -> bool:
+                return agent.outbox is not None and agent.outbox.sync.depth() == n
+
+            await changes.until(queued)
         assert agent.outbox.sync.depth("up") == 5
         async with down:  # the upstream comes back on the same port
             await down.wait_for(lambda ev: len(ev) == 5)
