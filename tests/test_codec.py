@@ -523,7 +523,7 @@ def test_compiled_decoder_known(value: Any, type_: SignalType, order: ByteOrder,
 
 @PROPERTY
 @given(data=st.data(), type_=st.sampled_from(ALL_TYPES), order=st.sampled_from(ORDERS))
-def test_compiled_decoder_equals_decode(data: st.DataObject, type_: SignalType, order: ByteOrder) -> None:
+def test_compiled_decoder_equals_decode_then_scaled(data: st.DataObject, type_: SignalType, order: ByteOrder) -> None:
     length = data.draw(st.integers(1, 6)) if type_ == "string" else None
     bit = data.draw(st.integers(0, 15)) if type_ == "bit" else None
     count = register_count(type_, length)
@@ -531,9 +531,10 @@ def test_compiled_decoder_equals_decode(data: st.DataObject, type_: SignalType, 
     before = data.draw(st.lists(words, max_size=3))
     registers = data.draw(st.lists(words, min_size=count, max_size=count))
     after = data.draw(st.lists(words, max_size=3))
+    scale, offset = data.draw(st.sampled_from([(1.0, 0.0), (0.1, 0.0), (1.0, -5.0), (2.5, 100.0)]))
     block = wire([*before, *registers, *after])
-    got = compile_decoder(type_, order, bit=bit, length=length)(block, len(before))
-    assert _same(got, decode(registers, type_, order, bit=bit))
+    got = compile_decoder(type_, order, bit=bit, length=length, scale=scale, offset=offset)(block, len(before))
+    assert _same(got, scaled(decode(registers, type_, order, bit=bit), scale, offset))
 
 
 @pytest.mark.parametrize(

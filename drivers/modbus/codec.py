@@ -116,6 +116,15 @@ def _from_bytes(data: bytes, byte_order: str) -> list[int]:
     return words
 
 
+def _check_bit(type: str, bit: int | None) -> None:
+    """``bit`` is 0..15 for type ``bit``, and not given for any other type."""
+    if type == "bit":
+        if bit is None or isinstance(bit, bool) or not isinstance(bit, int) or not 0 <= bit <= 15:
+            raise CodecError(f"bit: `bit` must be 0..15, not {bit!r}")
+    elif bit is not None:
+        raise CodecError(f"{type}: `bit` is only for type 'bit'")
+
+
 def _check_registers(registers: Sequence[int], type: str) -> None:
     for i, reg in enumerate(registers):
         if isinstance(reg, bool) or not isinstance(reg, int) or not 0 <= reg <= 0xFFFF:
@@ -166,11 +175,7 @@ def decode(
     _check_type(type)
     _check_order(byte_order)
     _check_registers(registers, type)
-    if type == "bit":
-        if bit is None or isinstance(bit, bool) or not isinstance(bit, int) or not 0 <= bit <= 15:
-            raise CodecError(f"bit: `bit` must be 0..15, not {bit!r}")
-    elif bit is not None:
-        raise CodecError(f"{type}: `bit` is only for type 'bit'")
+    _check_bit(type, bit)
 
     if type == "string":
         if not registers:
@@ -297,20 +302,22 @@ _LAYOUT: Final = MappingProxyType(
 
 
 def compile_decoder(
-    type: SignalType, byte_order: ByteOrder = "ABCD", *, bit: int | None = None, length: int | None = None
+    type: SignalType,
+    byte_order: ByteOrder = "ABCD",
+    *,
+    bit: int | None = None,
+    length: int | None = None,
+    scale: float = 1.0,
+    offset: float = 0.0,
 ) -> Decoder:
-    """A function ``(block, index) -> value`` equal to
-    ``decode(block.registers[index : index + register_count(type, length)], type, byte_order, bit=bit)``
+    """A function ``(block, index) -> value`` equal to ``scaled(decode(registers, type, byte_order,
+    bit=bit), scale, offset)`` of the ``register_count(type, length)`` registers from ``index`` on
     (NaN for NaN), but without the per-call checks: the arguments are checked here once, with the
     same :class:`CodecError` s as :func:`decode`. The caller guarantees that the value lies inside
     the block."""
     count = register_count(type, length)
     _check_order(byte_order)
-    if type == "bit":
-        if bit is None or isinstance(bit, bool) or not isinstance(bit, int) or not 0 <= bit <= 15:
-            raise CodecError(f"bit: `bit` must be 0..15, not {bit!r}")
-    elif bit is not None:
-        raise CodecError(f"{type}: `bit` is only for type 'bit'")
+    _check_bit(type, bit)
     if type == "string":
         return lambda block, i: decode(block.registers[i : i + count], "string", byte_order)
     if type == "bool":
@@ -322,6 +329,11 @@ def compile_decoder(
         mask = 1 << bit
         return lambda block, i: bool(word(block.be, 2 * i)[0] & mask)
     unpack = struct.Struct(endian + _NUMERIC[type][0]).unpack_from
+    if scale == 1 and offset == 0:  # integers stay exact integers, as in scaled()
+        if swapped:
+            return lambda block, i: unpack(block.sw, 2 * i)[0]
+        return lambda block, i: unpack(block.be, 2 * i)[0]
+    k, c = float(scale), float(offset)
     if swapped:
-        return lambda block, i: unpack(block.sw, 2 * i)[0]
-    return lambda block, i: unpack(block.be, 2 * i)[0]
+        return lambda block, i: unpack(block.sw, 2 * i)[0] * k + c
+    return lambda block, i: unpack(block.be, 2 * i)[0] * k + c

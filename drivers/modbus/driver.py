@@ -39,7 +39,7 @@ import time
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Self
 
-from agent.config import ModbusMachine
+from agent.config import ModbusMachine, ModbusSignal
 from agent.errors import ConnectionLost
 from agent.model import Quality, Sample
 from drivers.modbus.bus import Bus
@@ -65,19 +65,21 @@ EXCEPTION_NAMES: Final = {
     11: "gateway target failed to respond",
 }
 _BIT_TABLES: Final = frozenset({"coil", "discrete"})
-_UNSCALED: Final = frozenset({"bool", "bit", "string"})  # types that scale and offset leave alone (codec.scaled)
-_FLOATS: Final = frozenset({"float32", "float64"})  # types whose raw value may be NaN or infinite
 
 
 class _Item(NamedTuple):
-    """How to decode one signal from a register reply: ``decoder(block, at)``, then scale and check."""
+    """How to decode one signal from a register reply: ``decoder(block, at)`` (scaled already)."""
 
     key: str
     decoder: Decoder
     at: int  # the signal's first register in the reply
-    scale: float | None  # None: leave the raw value alone
-    offset: float
-    is_float: bool  # the value may be NaN or infinite: check it
+
+
+def _decoder(signal: ModbusSignal) -> Decoder:
+    """The signal's compiled decoder, scale and offset included."""
+    return compile_decoder(
+        signal.type, signal.byte_order, bit=signal.bit, length=signal.length, scale=signal.scale, offset=signal.offset
+    )
 
 
 def busy_pause(machine: ModbusMachine) -> float:
@@ -129,7 +131,7 @@ class ModbusDriver:
         self._layouts: dict[ReadRequest, list[_Item]] = {}  # per request: how to decode its reply
         for signal in machine.signals:  # fail at start (not in the first poll) on a signal the codec refuses
             if signal.table not in _BIT_TABLES:
-                compile_decoder(signal.type, signal.byte_order, bit=signal.bit, length=signal.length)
+                _decoder(signal)
         self._used: dict[str, set[int]] = {}  # addresses some signal needs, per table
         for span in self._spans.values():
             self._used.setdefault(span.table, set()).update(range(span.address, span.address + span.count))
@@ -304,15 +306,13 @@ class ModbusDriver:
         if layout is None:
             layout = self._layouts[req] = self._layout(req)
         block, isfinite = Block(data), math.isfinite
-        for key, decoder, at, scale, offset, is_float in layout:
+        for key, decoder, at in layout:
             try:
                 value = decoder(block, at)
             except CodecError as exc:  # not expected: the decoders were checked when compiled
                 out.append(self._bad(key, now, str(exc)))
                 continue
-            if scale is not None:
-                value = value * scale + offset  # only numbers get a scale
-            if is_float and not isfinite(value):
+            if value.__class__ is float and not isfinite(value):
                 out.append(self._bad(key, now, f"not a finite number ({value})"))
             else:
                 out.append(new(Sample, (mid, key, value, good, now, None)))
@@ -320,17 +320,7 @@ class ModbusDriver:
 
     def _layout(self, req: ReadRequest) -> list[_Item]:
         """What decoding a register reply to ``req`` needs per signal, worked out once per request."""
-        items = []
-        for key in req.keys:
-            signal = self._signals[key]
-            decoder = compile_decoder(signal.type, signal.byte_order, bit=signal.bit, length=signal.length)
-            # scale and offset only when they change something, so integers stay exact (codec.scaled)
-            unscaled = signal.type in _UNSCALED or (signal.scale == 1 and signal.offset == 0)
-            scale = None if unscaled else float(signal.scale)
-            is_float = signal.type in _FLOATS or scale is not None
-            at = self._spans[key].address - req.address
-            items.append(_Item(key, decoder, at, scale, float(signal.offset), is_float))
-        return items
+        return [_Item(key, _decoder(self._signals[key]), self._spans[key].address - req.address) for key in req.keys]
 
     def _bad(self, key: str, now: float, why: str) -> Sample:
         return Sample(self.machine.id, key, None, Quality.BAD, now, error=why)
