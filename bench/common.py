@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import resource
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,12 @@ class Measurement:
     change: float  # the machine's process: the new value is in place (monotonic, system-wide on Linux)
     committed: float  # agent: AlertLog.commit returned (synced to disk)
     received: float  # receiver: the event arrived
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process has used."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def pct(values: Sequence[float], p: int) -> float:
@@ -81,7 +88,7 @@ class RemoteProcess:
             raise RuntimeError(f"the {self._proc.name} process ended (exit code {self._proc.exitcode})") from None
 
 
-__all__ = ["Connection", "Measurement", "RemoteProcess", "pct"]
+__all__ = ["Connection", "Measurement", "RemoteProcess", "cpu_seconds", "pct"]
 
 
 async def first_read(agent: Any, task: asyncio.Task[None], within: float) -> None:

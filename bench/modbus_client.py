@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RemoteProcess
+from common import RemoteProcess, cpu_seconds
 
 
 def serve(conn: Connection) -> None:
@@ -40,11 +39,6 @@ def serve(conn: Connection) -> None:
             await asyncio.to_thread(conn.recv)
 
     asyncio.run(main())
-
-
-def cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 async def per_read(read: Callable[[], Awaitable[Any]], seconds: float, burst: int) -> tuple[float, float]:

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import cpu_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -107,11 +109,6 @@ def server_requests(proc: subprocess.Popen[str]) -> int:
     proc.stdin.write("count\n")
     proc.stdin.flush()
     return int(proc.stdout.readline().split()[1])
-
-
-def cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 async def measure(args: argparse.Namespace, proc: subprocess.Popen[str], port: int, state_dir: Path) -> dict[str, Any]:

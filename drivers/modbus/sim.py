@@ -13,8 +13,9 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
-TABLE_OF_FC = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
+from drivers.modbus.tcp import FUNCTIONS as FC
+
+TABLE_OF_FC = {fc: table for table, fc in FC.items()}
 
 
 class SimulatedMachine:
