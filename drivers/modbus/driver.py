@@ -127,11 +127,9 @@ class ModbusDriver:
         self.machine = machine
         self._bus = bus if bus is not None else Bus(machine)
         self._spans = spans_for(machine)
-        self._signals = {s.id: s for s in machine.signals}
+        # Compiled here, so a signal the codec refuses fails at start, not in the first poll.
+        self._decoders = {s.id: _decoder(s) for s in machine.signals if s.table not in _BIT_TABLES}
         self._layouts: dict[ReadRequest, list[_Item]] = {}  # per request: how to decode its reply
-        for signal in machine.signals:  # fail at start (not in the first poll) on a signal the codec refuses
-            if signal.table not in _BIT_TABLES:
-                _decoder(signal)
         self._used: dict[str, set[int]] = {}  # addresses some signal needs, per table
         for span in self._spans.values():
             self._used.setdefault(span.table, set()).update(range(span.address, span.address + span.count))
@@ -320,7 +318,7 @@ class ModbusDriver:
 
     def _layout(self, req: ReadRequest) -> list[_Item]:
         """What decoding a register reply to ``req`` needs per signal, worked out once per request."""
-        return [_Item(key, _decoder(self._signals[key]), self._spans[key].address - req.address) for key in req.keys]
+        return [_Item(key, self._decoders[key], self._spans[key].address - req.address) for key in req.keys]
 
     def _bad(self, key: str, now: float, why: str) -> Sample:
         return Sample(self.machine.id, key, None, Quality.BAD, now, error=why)

@@ -32,7 +32,7 @@ import asyncio
 import struct
 from typing import Final, NamedTuple
 
-__all__ = ["FUNCTIONS", "BadReply", "Reply", "TcpReader"]
+__all__ = ["FUNCTIONS", "BadReply", "Reply", "TcpReader", "data_size"]
 
 FUNCTIONS: Final = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 """The Modbus read function code of each table."""
