@@ -43,9 +43,9 @@ from typing import Any, Self
 from common import RemoteProcess, change_and_catch, first_read, pct
 
 from agent.config import Config, ModbusMachine, OpcuaMachine, parse_config
+from agent.demo.receiver import Receiver
 from agent.model import Sample, StoredEvent, Transition
-from agent.receiver import Receiver
-from agent.runtime import Agent
+from agent.pipeline.supervisor import Agent
 from drivers.base import Driver, make_driver
 from drivers.modbus.sim import SimulatedMachine
 

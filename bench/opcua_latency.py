@@ -43,9 +43,9 @@ from typing import Any
 from common import Measurement, RemoteProcess, change_and_catch, first_read, pct
 
 from agent.config import Config, parse_config
+from agent.demo.receiver import Receiver
 from agent.model import StoredEvent, Transition
-from agent.receiver import Receiver
-from agent.runtime import Agent
+from agent.pipeline.supervisor import Agent
 
 NS_URI = "urn:andon:bench"
 GAP = (1.5, 4.5)  # change k+1 comes this many poll intervals after change k (uniformly random)

@@ -31,8 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.alerts import cloudevent  # noqa: E402
 from agent.model import Severity, StoredEvent, Transition, TransitionKind  # noqa: E402
+from agent.pipeline.alertlog import cloudevent  # noqa: E402
 
 RATE_BUDGET = 5000.0
 RSS_BUDGET_MB = 20.0
@@ -48,7 +48,7 @@ def rss_bytes() -> int:
 
 def fill(path: Path, n: int) -> None:
     """Child process: write ``n`` events to a fresh outbox, 1,000 per commit."""
-    from agent.outbox import Outbox
+    from agent.pipeline.outbox import Outbox
 
     ob = Outbox(path, max_events=max(n, 100_000), max_bytes=2**40)
     ob.open()
@@ -78,7 +78,7 @@ def fill(path: Path, n: int) -> None:
 
 async def serve() -> None:
     """Child process: the receiver. Prints its port; on stdin EOF prints how many events it accepted."""
-    from agent.receiver import Receiver
+    from agent.demo.receiver import Receiver
 
     async with Receiver() as r:
         print(r.port, flush=True)
@@ -88,8 +88,8 @@ async def serve() -> None:
 
 async def drain(path: Path, url: str, batch_size: int, linger: float) -> tuple[float, int, int, int]:
     from agent.config import HttpSink as HttpSinkConfig
-    from agent.delivery import Delivery
-    from agent.outbox import AsyncOutbox, Outbox
+    from agent.pipeline.delivery import Delivery
+    from agent.pipeline.outbox import AsyncOutbox, Outbox
     from agent.sinks.http import HttpSink, make_client
 
     cfg = HttpSinkConfig.model_validate({"id": "up", "kind": "http", "url": url})

@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.alerts import AlertLog, cloudevent
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
-from agent.outbox import AsyncOutbox, Outbox
+from agent.pipeline.alertlog import AlertLog, cloudevent
+from agent.pipeline.outbox import AsyncOutbox, Outbox
 
 
 def transition(n: int) -> Transition:

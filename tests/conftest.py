@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agent.config import Config, parse_config
-from agent.receiver import Receiver
+from agent.demo.receiver import Receiver
 from drivers.modbus.sim import SimulatedMachine
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from agent.alerts import AlertLog, cloudevent
 from agent.errors import OutboxError
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
-from agent.outbox import AsyncOutbox, Outbox
+from agent.pipeline.alertlog import AlertLog, cloudevent
+from agent.pipeline.outbox import AsyncOutbox, Outbox
 
 T0 = 1_700_000_000.123  # 2023-11-14T22:13:20.123Z
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

@@ -16,13 +16,13 @@ import httpx
 import pytest
 from tenacity import AsyncRetrying, RetryCallState
 
-from agent.alerts import cloudevent
 from agent.config import HttpSink as HttpSinkConfig
-from agent.delivery import Delivery, RetryAfterWait
+from agent.demo.receiver import Batch, Receiver, Reply
 from agent.errors import ConfigError, DeliveryError, Rejected, RetryLater
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
-from agent.outbox import AsyncOutbox, Outbox
-from agent.receiver import Batch, Receiver, Reply
+from agent.pipeline.alertlog import cloudevent
+from agent.pipeline.delivery import Delivery, RetryAfterWait
+from agent.pipeline.outbox import AsyncOutbox, Outbox
 from agent.sinks.http import (
     CONTENT_TYPE,
     MAX_RETRY_AFTER,
@@ -522,7 +522,7 @@ def test_read_token_blank_env_is_an_error(monkeypatch: pytest.MonkeyPatch) -> No
 async def test_413_halves_the_batch_size_then_it_recovers(
     outbox: WatchedOutbox, watch: Watch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("agent.delivery.RECOVER_AFTER", 3)
+    monkeypatch.setattr("agent.pipeline.delivery.RECOVER_AFTER", 3)
     limit = {"n": 3}
     sizes: list[int] = []
 
@@ -598,7 +598,7 @@ async def test_linger_sends_a_lone_event_at_once_and_groups_a_burst(outbox: Watc
 
 
 async def test_dropped_events_are_reported_once_the_link_is_back(tmp_path: Path, watch: Watch) -> None:
-    from agent.alerts import AlertLog
+    from agent.pipeline.alertlog import AlertLog
 
     async with WatchedOutbox(Outbox(tmp_path / "small.db", max_events=100), watch) as ob:
         await ob.call(ob.sync.set_sinks, ["up"])

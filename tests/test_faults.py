@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from agent.config import Config
+from agent.demo.receiver import Batch, Receiver, Reply
 from agent.model import StoredEvent, Transition
-from agent.receiver import Batch, Receiver, Reply
-from agent.runtime import Agent
+from agent.pipeline.supervisor import Agent
 from drivers.modbus.sim import SimulatedMachine
 from tests.waiting import Changes, counting_factory
 

@@ -18,7 +18,7 @@ from agent.cli import summary
 from agent.config import Config, ModbusMachine, parse_config
 from agent.errors import ConfigError, ConnectionLost
 from agent.model import Quality
-from agent.runtime import Agent
+from agent.pipeline.supervisor import Agent
 from drivers.base import Drivers
 from drivers.modbus.bus import RESET_AFTER, Bus, NoAnswer, rtu_silence
 from drivers.modbus.codec import encode

@@ -17,9 +17,9 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
 from agent.config import Config, OpcuaMachine, parse_config
+from agent.demo.receiver import Receiver
 from agent.errors import ConfigError, ConnectionLost, DriverError
 from agent.model import Sample
-from agent.receiver import Receiver
 from drivers.base import PushDriver, make_driver
 from drivers.opcua import OpcuaDriver, OpcuaSubscriptionDriver, to_value
 from tests.opcua_fixtures import (
@@ -404,7 +404,7 @@ def test_asyncua_is_imported_only_for_opcua_machines(tmp_path: Path) -> None:
     code = f"""
 import asyncio, sys
 from agent.config import load_config
-from agent.runtime import Agent
+from agent.pipeline.supervisor import Agent
 from drivers.base import Drivers
 cfg = load_config({str(ROOT / "config" / "demo.toml")!r})
 assert all(m.protocol == "modbus" for m in cfg.machines)

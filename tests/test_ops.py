@@ -21,9 +21,9 @@ import pytest
 
 from agent.config import Config, load_config
 from agent.config import HttpSink as HttpSinkConfig
-from agent.logs import setup_logging
-from agent.notify import Notifier
-from agent.receiver import Receiver, Reply
+from agent.demo.receiver import Receiver, Reply
+from agent.ops.logs import setup_logging
+from agent.ops.notify import Notifier
 from drivers.modbus.sim import SimulatedMachine
 from tests.waiting import Changes, running_agent
 

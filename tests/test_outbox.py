@@ -17,7 +17,7 @@ import pytest
 
 from agent.errors import OutboxError
 from agent.model import Severity, StoredEvent
-from agent.outbox import AsyncOutbox, Outbox
+from agent.pipeline.outbox import AsyncOutbox, Outbox
 
 ROOT = Path(__file__).resolve().parent.parent
 W, C, INFO = Severity.WARNING, Severity.CRITICAL, Severity.INFO

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from agent.demo.receiver import Batch, Receiver, Reply
 from agent.model import Severity, StoredEvent
-from agent.outbox import Outbox
-from agent.receiver import Batch, Receiver, Reply
+from agent.pipeline.outbox import Outbox
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.receiver import Receiver
+from agent.demo.receiver import Receiver
 from drivers.modbus.sim import SimulatedMachine
 from tests.agent_process import AgentProcess, write_config
 

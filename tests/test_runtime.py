@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from agent.config import Config
+from agent.demo.receiver import Receiver
 from agent.errors import ConnectionLost
 from agent.model import Quality, Sample
-from agent.receiver import Receiver
-from agent.runtime import Agent
+from agent.pipeline.supervisor import Agent
 from drivers.modbus.sim import SimulatedMachine
 from tests.conftest import WEAR_SIGNALS, machine_doc
 from tests.waiting import Changes, of, running

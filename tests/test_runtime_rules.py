@@ -12,9 +12,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from agent.config import Config, ModbusMachine, OpcuaMachine
+from agent.demo.receiver import Receiver
 from agent.model import Quality, Sample
-from agent.receiver import Receiver
-from agent.runtime import Agent, Clock
+from agent.pipeline.supervisor import Agent, Clock
 from drivers.modbus.sim import SimulatedMachine
 from tests.conftest import machine_doc
 from tests.waiting import of, running

@@ -11,7 +11,7 @@ from typing import Any, Self
 
 from agent.config import Config, ModbusMachine, OpcuaMachine
 from agent.model import Sample
-from agent.runtime import Agent
+from agent.pipeline.supervisor import Agent
 from drivers.base import Driver, make_driver
 
 Machine = ModbusMachine | OpcuaMachine

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config, load_config
+from agent.demo.receiver import Receiver
 from agent.model import StoredEvent, Transition
-from agent.receiver import Receiver
-from agent.runtime import Agent
+from agent.pipeline.supervisor import Agent
 from drivers.modbus.codec import encode
 from drivers.modbus.sim import SimulatedMachine
 

@@ -25,15 +25,15 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
-from agent.alerts import AlertLog, Observer, rfc3339
 from agent.config import AlertsSection, Config, ModbusMachine, OpcuaMachine, Rule, StaleRule, load_config
 from agent.config import HttpSink as HttpSinkConfig
-from agent.delivery import Delivery
 from agent.errors import AndonError, ConfigError, ConnectionLost, OutboxError
-from agent.logs import Trouble
 from agent.model import Quality, Sample, Severity, Transition, TransitionKind
-from agent.notify import Notifier
-from agent.outbox import AsyncOutbox, Outbox
+from agent.ops.logs import Trouble
+from agent.ops.notify import Notifier
+from agent.pipeline.alertlog import AlertLog, Observer, rfc3339
+from agent.pipeline.delivery import Delivery
+from agent.pipeline.outbox import AsyncOutbox, Outbox
 from agent.rules import RuleState, evaluate, tick
 from agent.rules.flood import FLOOD, FloodState, admit, flood_tick, forgotten
 from agent.sinks.http import HttpSink, make_client, read_token
@@ -455,7 +455,7 @@ class Agent:
 
     async def _start_status(self, stack: contextlib.AsyncExitStack, listen: str) -> None:
         """Serve /healthz, /metrics and /status; a port already taken must not stop the alerting."""
-        from agent.status import StatusServer  # prometheus-client only when it is used
+        from agent.ops.status import StatusServer  # prometheus-client only when it is used
 
         try:
             status = await stack.enter_async_context(StatusServer(self, listen))

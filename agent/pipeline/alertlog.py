@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
-from agent.outbox import AsyncOutbox, DropReport
+from agent.pipeline.outbox import AsyncOutbox, DropReport
 
 log = logging.getLogger("andon.alerts")
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.httpserver import HttpServer, Request, Response
+from agent.ops.httpserver import HttpServer, Request, Response
 
 Batch = list[dict[str, Any]]
 MAX_BATCH_BYTES = 64 << 20

@@ -17,12 +17,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.alerts import rfc3339
-from agent.httpserver import HttpServer, Request, Response
 from agent.model import Severity
+from agent.ops.httpserver import HttpServer, Request, Response
+from agent.pipeline.alertlog import rfc3339
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
+    from agent.pipeline.supervisor import Agent
 
 
 @dataclass

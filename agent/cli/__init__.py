@@ -131,8 +131,8 @@ def summary(cfg: Config) -> str:
 
 
 async def _run(cfg: Config, path: Path) -> None:
-    from agent.notify import Notifier
-    from agent.runtime import Agent
+    from agent.ops.notify import Notifier
+    from agent.pipeline.supervisor import Agent
 
     stop = asyncio.Event()
     notifier = Notifier.from_env()
@@ -186,16 +186,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="a simulated machine, the agent and a local receiver, alerts shown live")
     demo.add_argument("--speed", type=float, default=1.0, help="run the simulated machine this many times faster")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
-    from agent.outbox_cli import add_outbox_parser, run_outbox
+    from agent.cli.outbox import add_outbox_parser, run_outbox
 
     add_outbox_parser(sub)
     args = parser.parse_args(argv)
 
-    from agent.logs import setup_logging
+    from agent.ops.logs import setup_logging
 
     setup_logging(args.log_level, args.log_json)
     if args.command == "demo":
-        from agent.demo import run_demo
+        from agent.demo.runner import run_demo
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_demo(speed=args.speed, duration=args.duration))

@@ -1,0 +1,1 @@
+"""The demo: a simulated machine, a local receiver and the runner that shows alerts live."""

@@ -1,0 +1,1 @@
+"""The operations surface: status endpoints and metrics, HTTP serving, systemd notify, logging."""

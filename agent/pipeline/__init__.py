@@ -1,0 +1,1 @@
+"""The daemon's pipeline: machine runners, the alert log, the durable outbox, delivery, and the supervisor."""
