@@ -78,9 +78,17 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event as it sits in the outbox: its seq, id and the exact JSON sent upstream."""
+    """An event as it sits in the outbox: its seq, id and the exact JSON sent upstream.
+
+    ``type``, ``subject`` and ``machine`` repeat the CloudEvent's ``type``, ``subject`` and
+    ``data.machine`` so that routing never parses a body; the outbox fills them from the body when a
+    writer leaves ``type`` empty (:func:`agent.pipeline.routing.described`).
+    """
 
     seq: int
     id: str
     severity: Severity
     body: bytes  # one CloudEvent, JSON encoded
+    type: str = ""
+    subject: str | None = None
+    machine: str | None = None
