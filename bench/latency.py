@@ -42,7 +42,7 @@ from typing import Any, Self
 
 from common import RemoteProcess, change_and_catch, first_read, pct
 
-from agent.config import Config, ModbusMachine, OpcuaMachine, parse_config
+from agent.config import Config, MachineBase, parse_config
 from agent.demo.receiver import Receiver
 from agent.model import Sample, StoredEvent, Transition
 from agent.pipeline.supervisor import Agent
@@ -218,7 +218,7 @@ async def measure(args: argparse.Namespace, state_dir: Path) -> tuple[list[Measu
         async with Receiver(on_event=on_event) as receiver:
             cfg = bench_config(sim.port, receiver.url, args.poll_ms, state_dir)
 
-            def factory(m: ModbusMachine | OpcuaMachine) -> Driver:
+            def factory(m: MachineBase) -> Driver:
                 return TimedDriver(make_driver(m), reads)
 
             agent = Agent(cfg, observers=[observe], driver_factory=factory)

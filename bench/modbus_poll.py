@@ -112,9 +112,10 @@ def server_requests(proc: subprocess.Popen[str]) -> int:
 
 
 async def measure(args: argparse.Namespace, proc: subprocess.Popen[str], port: int, state_dir: Path) -> dict[str, Any]:
-    from agent.config import ModbusMachine, parse_config
+    from agent.config import parse_config
     from agent.pipeline.supervisor import Agent
     from drivers.base import Drivers
+    from drivers.modbus.config import ModbusMachine
     from drivers.modbus.driver import plan_for
 
     signals = signal_docs(args.signals, args.seed, args.packed)

@@ -87,10 +87,9 @@ async def serve() -> None:
 
 
 async def drain(path: Path, url: str, batch_size: int, linger: float) -> tuple[float, int, int, int]:
-    from agent.config import HttpSink as HttpSinkConfig
     from agent.pipeline.delivery import Delivery
     from agent.pipeline.outbox import AsyncOutbox, Outbox
-    from agent.sinks.http import HttpSink, make_client
+    from agent.sinks.http import HttpSink, HttpSinkConfig, make_client
 
     cfg = HttpSinkConfig.model_validate({"id": "up", "kind": "http", "url": url})
 

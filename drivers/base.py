@@ -6,12 +6,15 @@ protocol library. Protocol modules are imported only when a machine of that prot
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from agent.config import ModbusMachine, OpcuaMachine
+from agent.config.base import MachineBase
 from agent.model import Sample
+from drivers.modbus.config import ModbusMachine
+from drivers.opcua.config import OpcuaMachine
 
 
 class Driver(Protocol):
@@ -46,7 +49,30 @@ class PushDriver(Driver, Protocol):
     def updates(self) -> AsyncIterator[list[Sample]]: ...
 
 
-def make_driver(machine: ModbusMachine | OpcuaMachine) -> Driver:
+CrossCheck = Callable[[Sequence[tuple[int, MachineBase]]], list[tuple[str, str]]]
+
+
+def no_cross_check(machines: Sequence[tuple[int, MachineBase]]) -> list[tuple[str, str]]:
+    """For a protocol whose machines need no check against each other."""
+    return []
+
+
+@dataclass(frozen=True)
+class ProtocolPlugin:
+    """What the agent knows of one protocol; :mod:`drivers.registry` lists them all.
+
+    ``name`` is the value of ``protocol`` in the config; ``config`` the machine model (a
+    :class:`~agent.config.base.MachineBase` with ``protocol: Literal[name]``). ``cross_check`` gets
+    every machine of this protocol with its index in ``machines`` and returns (key path, problem)
+    pairs for what no single machine's model can check (machines sharing a connection must agree).
+    """
+
+    name: str
+    config: type[MachineBase]
+    cross_check: CrossCheck = no_cross_check
+
+
+def make_driver(machine: MachineBase) -> Driver:
     """A new, unconnected driver for the machine."""
     if isinstance(machine, ModbusMachine):
         from drivers.modbus.driver import ModbusDriver
@@ -54,6 +80,7 @@ def make_driver(machine: ModbusMachine | OpcuaMachine) -> Driver:
         return ModbusDriver(machine)
     from drivers.opcua import OpcuaDriver
 
+    assert isinstance(machine, OpcuaMachine)
     return OpcuaDriver(machine)
 
 
@@ -61,7 +88,7 @@ class Drivers:
     """Makes the drivers of one agent, and owns what they share. One instance per agent run: no
     global state. Call :meth:`aclose` when done.
 
-    Modbus machines with the same :attr:`~agent.config.ModbusMachine.bus` (one serial port, or one
+    Modbus machines with the same :attr:`~drivers.modbus.config.ModbusMachine.bus` (one serial port, or one
     ``host:port`` and framer) share one connection, a :class:`drivers.modbus.bus.Bus`: requests on
     it go one at a time, and a unit that does not answer does not close it for the others. A read
     on a shared bus may also wait for the requests of the other units ahead of it (each bounded by
@@ -71,7 +98,7 @@ class Drivers:
     def __init__(self) -> None:
         self._modbus: Any = None  # drivers.modbus.bus.Buses, made on first use
 
-    def __call__(self, machine: ModbusMachine | OpcuaMachine) -> Driver:
+    def __call__(self, machine: MachineBase) -> Driver:
         if isinstance(machine, ModbusMachine):
             from drivers.modbus.bus import Buses
             from drivers.modbus.driver import ModbusDriver

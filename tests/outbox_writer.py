@@ -26,12 +26,11 @@ import random
 import sys
 from pathlib import Path
 
-from agent.config import HttpSink as HttpSinkConfig
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
 from agent.pipeline.alertlog import AlertLog
 from agent.pipeline.delivery import Delivery
 from agent.pipeline.outbox import AsyncOutbox, Outbox
-from agent.sinks.http import HttpSink, make_client
+from agent.sinks.http import HttpSink, HttpSinkConfig, make_client
 
 
 def raw(argv: list[str]) -> None:

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymodbus.client import ModbusTcpClient
 
-from agent.config import ByteOrder, SignalType
 from drivers.modbus.codec import Block, CodecError, compile_decoder, decode, encode, register_count, scaled
+from drivers.modbus.config import ByteOrder, SignalType
 
 ORDERS: tuple[ByteOrder, ...] = get_args(ByteOrder)
 INT_RANGES: dict[SignalType, tuple[int, int]] = {

@@ -19,11 +19,6 @@ from agent.config import (
     Config,
     FaultRule,
     ForecastRule,
-    HttpSink,
-    ModbusMachine,
-    ModbusSignal,
-    OpcuaMachine,
-    OpcuaSignal,
     OutboxSection,
     StaleRule,
     StatusSection,
@@ -34,6 +29,11 @@ from agent.config import (
     parse_duration,
 )
 from agent.errors import ConfigError
+from agent.sinks.http import HttpSinkConfig
+from agent.sinks.registry import SINKS
+from drivers.modbus.config import ModbusMachine, ModbusSignal
+from drivers.opcua.config import OpcuaMachine, OpcuaSignal
+from drivers.registry import PROTOCOLS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "example.toml"
@@ -116,6 +116,7 @@ def test_example_loads() -> None:
     assert cfg.status.listen == "127.0.0.1:9108"
     assert (cfg.outbox.max_events, cfg.outbox.batch_size) == (100_000, 500)
     (sink,) = cfg.sinks
+    assert isinstance(sink, HttpSinkConfig)
     assert (sink.id, sink.kind, sink.token_env, sink.token_file) == ("upstream", "http", "ANDON_TOKEN", None)
     assert sink.url.startswith("https://")
     assert (sink.timeout, sink.retry_max) == (10.0, 60.0)
@@ -139,7 +140,10 @@ _MODELS: list[type[BaseModel]] = [
     AlertsSection,
     StatusSection,
     OutboxSection,
-    HttpSink,
+    HttpSinkConfig,
+    # and whatever the plugin lists add
+    *(p.config for p in PROTOCOLS),
+    *(s.config for s in SINKS),
 ]
 _ALL_KEYS = sorted({f.alias or name for model in _MODELS for name, f in model.model_fields.items()})
 
@@ -169,6 +173,7 @@ def test_demo_loads() -> None:
     assert (strokes.type, strokes.byte_order) == ("uint32", "CDAB")
     assert [r.id for r in cfg.rules] == ["tool1-wear", "spindle-fault"]
     assert cfg.rules[1].severity == "critical"
+    assert isinstance(cfg.sinks[0], HttpSinkConfig)
     assert cfg.sinks[0].url == "http://127.0.0.1:8080/alerts"
 
 
@@ -209,6 +214,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (cfg.alerts.flood_count, cfg.alerts.flood_window) == (10, 600.0)
     assert cfg.status.listen == "127.0.0.1:9108"
     assert (cfg.outbox.max_events, cfg.outbox.batch_size) == (100_000, 500)
+    assert isinstance(cfg.sinks[0], HttpSinkConfig)
     assert (cfg.sinks[0].timeout, cfg.sinks[0].retry_max, cfg.sinks[0].token_env) == (10.0, 60.0, None)
 
 

@@ -16,7 +16,6 @@ import httpx
 import pytest
 from tenacity import AsyncRetrying, RetryCallState
 
-from agent.config import HttpSink as HttpSinkConfig
 from agent.demo.receiver import Batch, Receiver, Reply
 from agent.errors import ConfigError, DeliveryError, Rejected, RetryLater
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
@@ -27,6 +26,7 @@ from agent.sinks.http import (
     CONTENT_TYPE,
     MAX_RETRY_AFTER,
     HttpSink,
+    HttpSinkConfig,
     classify,
     make_client,
     parse_retry_after,

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from agent.config import ModbusMachine
 from agent.errors import ConnectionLost
 from agent.model import Quality
 from drivers.modbus.codec import encode
+from drivers.modbus.config import ModbusMachine
 from drivers.modbus.driver import ModbusDriver, plan_for
 from drivers.modbus.sim import SimulatedMachine
 

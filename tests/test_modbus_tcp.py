@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from agent.config import ModbusMachine
 from agent.errors import ConnectionLost
 from drivers.modbus.bus import Bus, NoAnswer
+from drivers.modbus.config import ModbusMachine
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.sim import SimulatedMachine
 from drivers.modbus.tcp import Reply, TcpReader, data_size
@@ -330,7 +330,7 @@ async def test_reading_without_a_connection_is_a_connection_error() -> None:
 def test_a_modbus_tcp_agent_runs_without_importing_pymodbus() -> None:
     code = """
 import asyncio, struct, sys
-from agent.config import ModbusMachine
+from drivers.modbus.config import ModbusMachine
 from drivers.base import Drivers
 
 async def answer(reader, writer):

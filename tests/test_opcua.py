@@ -16,12 +16,13 @@ from asyncua import ua
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
-from agent.config import Config, OpcuaMachine, parse_config
+from agent.config import Config, parse_config
 from agent.demo.receiver import Receiver
 from agent.errors import ConfigError, ConnectionLost, DriverError
 from agent.model import Sample
 from drivers.base import PushDriver, make_driver
 from drivers.opcua import OpcuaDriver, OpcuaSubscriptionDriver, to_value
+from drivers.opcua.config import OpcuaMachine
 from tests.opcua_fixtures import (
     ENUM_VALUE,
     NS_URI,

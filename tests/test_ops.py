@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 from agent.config import Config, load_config
-from agent.config import HttpSink as HttpSinkConfig
 from agent.demo.receiver import Receiver, Reply
 from agent.ops.logs import setup_logging
 from agent.ops.notify import Notifier
+from agent.sinks.http import HttpSinkConfig
 from drivers.modbus.sim import SimulatedMachine
 from tests.waiting import Changes, running_agent
 

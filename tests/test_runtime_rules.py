@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Self
 
-from agent.config import Config, ModbusMachine, OpcuaMachine
+from agent.config import Config, MachineBase
 from agent.demo.receiver import Receiver
 from agent.model import Quality, Sample
 from agent.pipeline.supervisor import Agent, Clock
@@ -100,7 +100,7 @@ class FedDriver:
             self.queue.task_done()  # the runtime has handled it: queue.join() wakes when all are
 
 
-def fed(queue: asyncio.Queue[list[Sample]]) -> Callable[[ModbusMachine | OpcuaMachine], FedDriver]:
+def fed(queue: asyncio.Queue[list[Sample]]) -> Callable[[MachineBase], FedDriver]:
     return lambda m: FedDriver(queue)
 
 

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Self
 
-from agent.config import Config, ModbusMachine, OpcuaMachine
+from agent.config import Config, MachineBase
 from agent.model import Sample
 from agent.pipeline.supervisor import Agent
 from drivers.base import Driver, make_driver
 
-Machine = ModbusMachine | OpcuaMachine
+Machine = MachineBase
 
 
 class Changes:

@@ -16,14 +16,15 @@ from agent.config import (
     CodeRule,
     Config,
     ForecastRule,
-    ModbusMachine,
-    OpcuaMachine,
     StaleRule,
     ThresholdRule,
     ToolLifeRule,
     load_config,
 )
 from agent.errors import ConfigError, OutboxError
+from agent.sinks.http import HttpSinkConfig
+from drivers.modbus.config import ModbusMachine
+from drivers.opcua.config import OpcuaMachine
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("andon")
@@ -95,7 +96,7 @@ def summary(cfg: Config) -> str:
             plan = plan_reads(spans_for(m).values(), max_gap=m.max_gap)
             lines.append(f"  each poll makes {len(plan)} read(s):")
             lines += [f"    {req}" for req in plan]
-        else:
+        elif isinstance(m, OpcuaMachine):
             lines.append(
                 f"machine {m.id}: opcua {m.endpoint}, every {m.poll_interval:g}s, offline after {m.offline_after:g}s"
             )
@@ -122,6 +123,7 @@ def summary(cfg: Config) -> str:
     if not cfg.rules:
         lines.append("no rules: only the machines' offline alerts will be raised")
     for sink in cfg.sinks:
+        assert isinstance(sink, HttpSinkConfig)  # the only kind for now
         auth = f", token from ${sink.token_env}" if sink.token_env else ""
         auth = f", token from {sink.token_file}" if sink.token_file else auth
         lines.append(f"sink {sink.id}: http POST {sink.url}{auth}")

@@ -20,13 +20,16 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
-from agent.config import AlertsSection, Config, ModbusMachine, OpcuaMachine, Rule, StaleRule, load_config
-from agent.config import HttpSink as HttpSinkConfig
+from agent.config.base import MachineBase
+from agent.config.load import load_config
+from agent.config.rules import Rule, StaleRule
+from agent.config.schema import Config
+from agent.config.sections import AlertsSection
 from agent.errors import AndonError, ConfigError, ConnectionLost, OutboxError
 from agent.model import Quality, Sample, Severity, Transition, TransitionKind
 from agent.ops.logs import Trouble
@@ -36,7 +39,8 @@ from agent.pipeline.delivery import Delivery
 from agent.pipeline.outbox import AsyncOutbox, Outbox
 from agent.rules import RuleState, evaluate, tick
 from agent.rules.flood import FLOOD, FloodState, admit, flood_tick, forgotten
-from agent.sinks.http import HttpSink, make_client, read_token
+from agent.sinks.base import SinkConfigBase
+from agent.sinks.http import HttpSink, HttpSinkConfig, make_client, read_token
 from drivers.base import Driver, Drivers, PushDriver
 
 log = logging.getLogger("andon.runtime")
@@ -68,7 +72,7 @@ class MachineStatus:
     poll_count: int = 0
 
 
-Machine = ModbusMachine | OpcuaMachine
+Machine = MachineBase
 
 
 def honour_swallowed_cancel() -> None:
@@ -478,8 +482,9 @@ class Agent:
         for running in self._sinks.values():
             running.delivery.wake()
 
-    def _start_sink(self, sink_cfg: HttpSinkConfig, token: str | None) -> None:
+    def _start_sink(self, sink_cfg: SinkConfigBase, token: str | None) -> None:
         assert self._tg is not None and self.outbox is not None
+        assert isinstance(sink_cfg, HttpSinkConfig)  # the only kind for now
         client = make_client(sink_cfg)
         delivery = Delivery(
             HttpSink(sink_cfg, client, token),
@@ -601,7 +606,7 @@ class Agent:
 
 @dataclass
 class _RunningSink:
-    config: HttpSinkConfig
+    config: SinkConfigBase
     token: str | None
     delivery: Delivery
     client: httpx.AsyncClient
@@ -609,7 +614,7 @@ class _RunningSink:
 
 
 def _tokens(cfg: Config) -> list[str | None]:
-    return [read_token(s, i) for i, s in enumerate(cfg.sinks)]
+    return [read_token(cast(HttpSinkConfig, s), i) for i, s in enumerate(cfg.sinks)]  # http: the only kind
 
 
 async def _first(*aws: Coroutine[Any, Any, Any]) -> None:

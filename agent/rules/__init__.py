@@ -17,7 +17,7 @@ import string
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.config import Rule
+from agent.config.rules import Rule
 from agent.model import Sample, Severity, Transition, TransitionKind
 from agent.rules.kinds import Condition, human_duration, observe
 

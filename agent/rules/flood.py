@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from agent.config import AlertsSection
+from agent.config.sections import AlertsSection
 from agent.model import Severity, Transition, TransitionKind
 
 FLOOD = "flood"  # the rule id of the "<machine>/flood" alert

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import CodeRule, FaultRule, ForecastRule, Rule, StaleRule, ThresholdRule, ToolLifeRule
+from agent.config.rules import CodeRule, FaultRule, ForecastRule, Rule, StaleRule, ThresholdRule, ToolLifeRule
 from agent.model import Sample, Severity, Value
 
 FORECAST_MAX_POINTS = 240  # history points kept per forecast rule (thinned evenly over its window)

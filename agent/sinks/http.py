@@ -8,17 +8,40 @@ import ssl
 import time
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-import httpx
+from pydantic import Field, model_validator
 
-from agent.config import HttpSink as HttpSinkConfig
+from agent.config.base import KeyProblem
 from agent.errors import ConfigError, Rejected, RetryLater
 from agent.model import StoredEvent
 from agent.sinks import SendTimeout
+from agent.sinks.base import SinkConfigBase, SinkPlugin
+
+if TYPE_CHECKING:
+    import httpx  # imported when a sink is made: loading a config (``check``) does not need it
 
 CONTENT_TYPE = "application/cloudevents-batch+json"
 MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is taken as an hour
 AUTH_FAILURES = (401, 403)
+
+
+class HttpSinkConfig(SinkConfigBase):
+    kind: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    token_env: str | None = None  # bearer token read from this environment variable
+    token_file: Path | None = None  # ...or from this file (e.g. a systemd credential)
+    ca_file: Path | None = None  # trust this CA (PEM) instead of the system store
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpSinkConfig:
+        if self.token_env and self.token_file:
+            raise KeyProblem("token_file", "set at most one of `token_env` and `token_file`")
+        return self
+
+
+PLUGIN = SinkPlugin(kind="http", config=HttpSinkConfig)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -78,6 +101,8 @@ def read_token(cfg: HttpSinkConfig, index: int) -> str | None:
 
 def make_client(cfg: HttpSinkConfig) -> httpx.AsyncClient:
     """An HTTP client with TLS verification on (the system store, or ``ca_file`` when given)."""
+    import httpx
+
     verify: ssl.SSLContext | bool = True
     if cfg.ca_file is not None:
         verify = ssl.create_default_context(cafile=str(cfg.ca_file))
@@ -105,6 +130,8 @@ class HttpSink:
         return f"HttpSink(id={self.id!r}, url={self.url!r})"
 
     async def send(self, events: Sequence[StoredEvent]) -> None:
+        import httpx  # already loaded by make_client: a lookup
+
         body = b"[" + b",".join(e.body for e in events) + b"]"
         try:
             async with asyncio.timeout(self.timeout):

@@ -5,7 +5,7 @@ connection to ``host:port`` with a framer (``socket`` for Modbus TCP, ``rtu`` fo
 gateways). Plain Modbus TCP uses the lean :class:`~drivers.modbus.tcp.TcpReader` (about half of
 pymodbus's CPU per read, see its docstring); serial RTU and RTU-over-TCP use pymodbus's client
 (:class:`~drivers.modbus.rtu.PymodbusReader`). Every machine whose
-:attr:`~agent.config.ModbusMachine.bus` is the same (several units on one RS-485 line, or behind
+:attr:`~drivers.modbus.config.ModbusMachine.bus` is the same (several units on one RS-485 line, or behind
 one gateway) uses the same :class:`Bus`, made by one :class:`Buses` registry per agent run: there
 is no module-level state.
 
@@ -34,8 +34,8 @@ from __future__ import annotations
 import asyncio
 from typing import Final, Protocol
 
-from agent.config import ModbusMachine
 from agent.errors import ConnectionLost
+from drivers.modbus.config import ModbusMachine
 from drivers.modbus.tcp import BadReply, Reply, TcpReader
 
 __all__ = ["RESET_AFTER", "Bus", "Buses", "NoAnswer", "Reader"]
@@ -191,7 +191,7 @@ class Bus:
 
 
 class Buses:
-    """The buses of one agent run, by :attr:`~agent.config.ModbusMachine.bus`. Close with :meth:`aclose`."""
+    """The buses of one agent run, by :attr:`~drivers.modbus.config.ModbusMachine.bus`. Close with :meth:`aclose`."""
 
     def __init__(self) -> None:
         self._buses: dict[str, Bus] = {}

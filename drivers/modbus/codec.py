@@ -42,8 +42,8 @@ from collections.abc import Callable, Sequence
 from types import MappingProxyType
 from typing import Final, Literal, get_args
 
-from agent.config import ByteOrder, SignalType
 from agent.model import Value
+from drivers.modbus.config import ByteOrder, SignalType
 
 __all__ = ["Block", "CodecError", "Decoder", "compile_decoder", "decode", "encode", "register_count", "scaled"]
 

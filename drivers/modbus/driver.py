@@ -39,11 +39,11 @@ import time
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Self
 
-from agent.config import ModbusMachine, ModbusSignal
 from agent.errors import ConnectionLost
 from agent.model import Quality, Sample
 from drivers.modbus.bus import Bus
 from drivers.modbus.codec import Block, CodecError, Decoder, compile_decoder, register_count
+from drivers.modbus.config import ModbusMachine, ModbusSignal
 from drivers.modbus.planner import MAX_BITS, MAX_REGISTERS, ReadRequest, Span, plan_reads, split_request
 from drivers.modbus.tcp import data_size
 

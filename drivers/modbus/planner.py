@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, get_args
 
-from agent.config import RegisterTable
+from drivers.modbus.config import RegisterTable
 
 __all__ = ["MAX_BITS", "MAX_REGISTERS", "ReadRequest", "Span", "excluded", "plan_reads", "split_request"]
 

@@ -14,7 +14,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu.bit_message import ReadCoilsResponse, ReadDiscreteInputsResponse
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
-from agent.config import ModbusMachine
+from drivers.modbus.config import ModbusMachine
 from drivers.modbus.tcp import BadReply, Reply
 
 __all__ = ["PymodbusReader"]

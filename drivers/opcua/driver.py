@@ -36,9 +36,9 @@ from asyncua.crypto import security_policies, uacrypto
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError
 
-from agent.config import OpcuaMachine
 from agent.errors import ConnectionLost, DriverError
 from agent.model import Sample
+from drivers.opcua.config import OpcuaMachine
 from drivers.opcua.values import describe, sample
 
 log = logging.getLogger("andon.opcua")

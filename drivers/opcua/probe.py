@@ -14,8 +14,8 @@ from typing import Any
 from asyncua import ua
 from asyncua.ua.attribute_ids import AttributeIds
 
-from agent.config import OpcuaMachine
 from agent.errors import DriverError
+from drivers.opcua.config import OpcuaMachine
 from drivers.opcua.driver import NETWORK_ERRORS, close_client, open_client, resolve_nodes, status_and_value
 from drivers.opcua.values import describe, to_value
 
