@@ -274,3 +274,54 @@ async def test_report_drops_commits_one_notice_with_the_next_seq(db_path: Path) 
         assert after.seq == notice.seq + 1  # the notice took a seq like any other event
         pending = await ob.call(ob.sync.pending, "up", 1000)
         assert [e.seq for e in pending][-2:] == [notice.seq, after.seq]
+
+
+# -- events that are not transitions: AlertLog.record ------------------------------------------
+
+
+async def test_record_commits_a_non_transition_event_with_the_next_seq(db_path: Path) -> None:
+    async with AsyncOutbox(Outbox(db_path)) as ob:
+        await ob.call(ob.sync.set_sinks, ["s"])
+        woken: list[int] = []
+        observed: list[str] = []
+        log = await open_log(
+            ob, on_commit=[lambda: woken.append(ob.sync.depth())], observers=[lambda t, e: observed.append(t.key)]
+        )
+        (first,) = await log.commit([tr()])
+        data = {"alert": "press-1/tool1-wear", "by": "Ana", "seq": -1, "gateway": "forged", "value": float("inf")}
+        event = await log.record("andon.alert.acknowledged", "press-1/tool1-wear", data, Severity.WARNING, at=T0 + 5)
+        assert event.seq == first.seq + 1 and event.severity is Severity.WARNING
+        assert woken == [1, 2] and observed == ["press-1/tool1-wear"]  # woken after it is on disk; no transition
+        body = json.loads(event.body)
+        assert set(body) == ATTRIBUTES and body["id"] == event.id and str(uuid.UUID(event.id)) == event.id
+        assert body["type"] == "andon.alert.acknowledged" and body["subject"] == "press-1/tool1-wear"
+        assert body["source"] == "/andon/gw-1" and body["time"] == "2023-11-14T22:13:25.123Z"
+        assert body["data"] == {
+            "alert": "press-1/tool1-wear",
+            "by": "Ana",
+            "value": None,  # JSON stays valid
+            "seq": event.seq,  # the log's own fields win over the caller's
+            "gateway": "gw-1",
+            "site": "plant-a",
+        }
+        assert await ob.call(ob.sync.pending, "s", 10) == [first, event]
+        assert set(log.active) == {"press-1/tool1-wear"}  # alert state untouched
+        now = await log.record("andon.test", "_gateway/test", {}, Severity.INFO)
+        assert RFC3339_UTC.match(json.loads(now.body)["time"]) and now.seq == event.seq + 1
+    async with AsyncOutbox(Outbox(db_path)) as ob:
+        log = await open_log(ob)
+        (after,) = await log.commit([tr(TransitionKind.CLEARED)])
+        assert after.seq == now.seq + 1  # recorded events count in seq across a reopen
+
+
+async def test_failed_record_commits_nothing_and_burns_no_seq(db_path: Path) -> None:
+    async with AsyncOutbox(Outbox(db_path)) as ob:
+        await ob.call(ob.sync.set_sinks, ["s"])
+        log = await open_log(ob)
+        (first,) = await log.commit([tr()])
+        await ob.call(ob.sync.close)
+        with pytest.raises(OutboxError):
+            await log.record("andon.test", "_gateway/test", {}, Severity.INFO)
+        await ob.call(ob.sync.open)
+        again = await log.record("andon.test", "_gateway/test", {}, Severity.INFO)
+        assert again.seq == first.seq + 1

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -175,6 +175,46 @@ class AlertLog:
             await self._outbox.call(self._outbox.sync.append, [event], {}, report.count)
             self._last_seq = seq
         log.warning("event seq=%d %s: %s", seq, DROPPED_TYPE, body["data"]["message"])
+        for wake in self._on_commit:
+            wake()
+        return event
+
+    async def record(
+        self,
+        type: str,
+        subject: str,
+        data: Mapping[str, Any],
+        severity: Severity,
+        *,
+        at: float | None = None,
+    ) -> StoredEvent:
+        """Commit one event that is not an alert transition, with the next ``seq``.
+
+        For ``andon.test``, ``andon.alert.acknowledged``, ``andon.tool.changed``,
+        ``andon.usage.summary`` and the like: a CloudEvent of ``type`` and ``subject`` whose ``data``
+        is the caller's plus ``seq``, ``gateway`` and ``site`` (those three always win). Like
+        :meth:`commit`, it is on disk (synced) when this returns, the deliveries are woken, and
+        :class:`~agent.errors.OutboxError` means nothing was committed. Transition observers are not
+        called (there is no transition). ``at`` (the event's ``time``) defaults to now.
+        """
+        async with self._lock:
+            seq = self._last_seq + 1
+            event_id = str(uuid.uuid4())
+            body = {
+                "specversion": "1.0",
+                "id": event_id,
+                "source": f"/andon/{self._gateway}",
+                "type": type,
+                "subject": subject,
+                "time": rfc3339(time.time() if at is None else at),
+                "datacontenttype": "application/json",
+                "data": {k: _json_value(v) for k, v in data.items()}
+                | {"seq": seq, "gateway": self._gateway, "site": self._site},
+            }
+            event = StoredEvent(seq, event_id, severity, json.dumps(body, separators=(",", ":")).encode())
+            await self._outbox.call(self._outbox.sync.append, [event], {})
+            self._last_seq = seq
+        log.info("event seq=%d %s %s", seq, type, subject)
         for wake in self._on_commit:
             wake()
         return event
