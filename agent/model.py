@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 
 class Severity(enum.IntEnum):
@@ -70,10 +70,45 @@ class Transition:
     message: str
     time: float  # wall clock at which the transition was observed
     extra: dict[str, Any] = field(default_factory=dict)
+    part: str | None = None  # one of several alerts of one rule (an OPC UA condition): the key's third part
 
     @property
     def key(self) -> str:
-        return f"{self.machine}/{self.rule}"
+        return f"{self.machine}/{self.rule}" if self.part is None else f"{self.machine}/{self.rule}/{self.part}"
+
+
+def split_key(key: str) -> tuple[str, str, str | None]:
+    """``"<machine>/<rule>"`` or ``"<machine>/<rule>/<part>"`` -> (machine, rule, part or None)."""
+    machine, _, rest = key.partition("/")
+    rule, _, part = rest.partition("/")
+    return machine, rule, part or None
+
+
+ConditionEventKind = Literal["condition", "refresh_start", "refresh_end"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionEvent:
+    """One OPC UA Alarms & Conditions event of a machine, as a driver reports it (plain values only).
+
+    ``kind`` is ``"condition"`` for a condition's state, ``"refresh_start"`` / ``"refresh_end"``
+    for the markers around the current conditions a server sends after a ConditionRefresh.
+    ``notifier`` is the event notifier (a rule's ``source``) whose subscription brought the event.
+    A condition is ``active`` while its ActiveState is true (for a condition without one: while
+    the server retains it); ``severity`` is OPC UA's 1-1000.
+    """
+
+    kind: ConditionEventKind
+    machine: str
+    notifier: str
+    time: float  # wall clock: the event's Time, or when it arrived
+    condition_id: str | None = None  # the condition's node id ("nsu=<uri>;s=..." where it has a namespace)
+    source: str = ""  # SourceName: what the condition is about ("Spindle")
+    name: str = ""  # ConditionName ("Overtemperature")
+    active: bool = False
+    severity: int = 0
+    message: str = ""
+    retain: bool = False
 
 
 @dataclass(frozen=True, slots=True)

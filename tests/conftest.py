@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,11 +17,26 @@ from agent.config import Config, parse_config
 from agent.demo.receiver import Receiver
 from drivers.modbus.sim import SimulatedMachine
 
+if TYPE_CHECKING:
+    from tests.opcua_fixtures import OpcuaSim
+
 
 @pytest.fixture
 async def machine() -> AsyncIterator[SimulatedMachine]:
     async with SimulatedMachine(registers=200) as m:
         yield m
+
+
+@pytest.fixture(scope="session")
+async def opcua(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OpcuaSim]:
+    """One asyncua server for every test of the session (starting one takes about 2 s).
+
+    asyncua is imported only when a test asks for it (a Modbus-only run never imports it).
+    """
+    from tests.opcua_fixtures import opcua_server
+
+    async with opcua_server(tmp_path_factory.mktemp("opcua-server-pki")) as sim:
+        yield sim
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from drivers.opcua.sim import enable_condition_refresh
+
 NS_URI = "urn:andon:test"
 USER, PASSWORD = "operator", "s3cret-Pa55"
 SERVER_URI = "urn:andon:test:server"
@@ -116,6 +118,7 @@ async def _start(pki: Path) -> OpcuaSim:
         key, cert, SERVER_URI, "127.0.0.1", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], {}
     )
     server = Server(user_manager=_Users())  # type: ignore[arg-type]
+    enable_condition_refresh(server)  # alarms: the server answers ConditionRefresh
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/andon/")
     await server.set_application_uri(SERVER_URI)
@@ -151,7 +154,7 @@ async def _start(pki: Path) -> OpcuaSim:
 async def opcua_server(pki: Path) -> AsyncIterator[OpcuaSim]:
     """The test server, listening; its certificate and key are made in ``pki``.
 
-    Use it through a session-scoped fixture (tests/test_opcua.py) so the session starts it once.
+    Use it through the session-scoped ``opcua`` fixture (tests/conftest.py) so the session starts it once.
     """
     sim = await _start(pki)
     try:

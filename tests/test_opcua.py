@@ -31,19 +31,11 @@ from tests.opcua_fixtures import (
     VARIABLES,
     OpcuaSim,
     free_port,
-    opcua_server,
 )
 from tests.waiting import Changes, running_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPES = [*(n for n in VARIABLES if "." not in n), "Enum"]
-
-
-@pytest.fixture(scope="session")
-async def opcua(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OpcuaSim]:
-    """One asyncua server for every test here (starting one takes about 2 s)."""
-    async with opcua_server(tmp_path_factory.mktemp("opcua-server-pki")) as sim:
-        yield sim
 
 
 def machine_doc(sim: OpcuaSim, signals: dict[str, str], **extra: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -37,7 +37,7 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError
 
 from agent.errors import ConnectionLost, DriverError
-from agent.model import Sample
+from agent.model import ConditionEvent, Sample
 from drivers.opcua.config import OpcuaMachine
 from drivers.opcua.values import describe, sample
 
@@ -178,27 +178,37 @@ async def close_client(client: Client) -> None:
         pass
 
 
+def local_node_id(text: str, namespaces: list[str]) -> str | None:
+    """``nsu=<namespace URI>;<id>`` -> ``ns=<index>;<id>`` for this server (None: it has no such namespace).
+
+    Any other node id text is returned as it is.
+    """
+    if not text.startswith("nsu="):
+        return text
+    uri, sep, rest = text[4:].partition(";")
+    if not sep or uri not in namespaces:
+        return None
+    return f"ns={namespaces.index(uri)};{rest}"
+
+
 async def resolve_nodes(client: Client, m: OpcuaMachine) -> tuple[list[Node | None], dict[int, str]]:
     """A node per signal (None where there is none) and, for those, why (a status name).
 
     ``nsu=<namespace URI>;...`` node ids are resolved against the server's namespace array on every
     connect, so they keep working when a server restart or update renumbers its namespaces.
     """
-    namespaces: list[str] | None = None
+    namespaces: list[str] = []
+    if any(s.node.startswith("nsu=") for s in m.signals):
+        async with asyncio.timeout(m.timeout + 0.5):
+            namespaces = list(await client.get_namespace_array())
     nodes: list[Node | None] = []
     errors: dict[int, str] = {}
     for i, s in enumerate(m.signals):
-        text = s.node
-        if text.startswith("nsu="):
-            uri, sep, rest = text[4:].partition(";")
-            if namespaces is None:
-                async with asyncio.timeout(m.timeout + 0.5):
-                    namespaces = list(await client.get_namespace_array())
-            if not sep or uri not in namespaces:
-                nodes.append(None)
-                errors[i] = "BadNodeIdUnknown" if sep else "BadNodeIdInvalid"
-                continue
-            text = f"ns={namespaces.index(uri)};{rest}"
+        text = local_node_id(s.node, namespaces)
+        if text is None:
+            nodes.append(None)
+            errors[i] = "BadNodeIdUnknown" if ";" in s.node else "BadNodeIdInvalid"
+            continue
         try:
             nodes.append(client.get_node(text))
         except (UaError, ValueError):
@@ -228,6 +238,7 @@ class OpcuaDriver:
         self._node_errors: dict[int, str] = {}  # signal index -> why it has no node (status name)
         self._max_read = 0  # the server's MaxNodesPerRead (0: no limit)
         self._max_items = 0  # the server's MaxMonitoredItemsPerCall (0: no limit)
+        self._on_loss: list[Callable[[str], None]] = []  # told at once when asyncua sees the session die
 
     async def __aenter__(self) -> Self:
         self._lost = None
@@ -268,6 +279,8 @@ class OpcuaDriver:
             self._lost = "connection lost: the server stopped answering (watchdog read timed out)"
         else:
             self._lost = f"connection lost: {_why(exc)}"
+        for tell in self._on_loss:
+            tell(self._lost)
 
     def _alive(self) -> Client:
         """The client, or ConnectionLost when asyncua has noticed the session is gone."""
@@ -339,6 +352,21 @@ class OpcuaDriver:
         readings = await self._read_all(client)
         return self._samples(readings, time.time())
 
+    async def conditions(self, notifiers: Sequence[str]) -> AsyncIterator[list[ConditionEvent]]:
+        """The machine's alarms (OPC UA Alarms & Conditions) from these event notifiers, as they come.
+
+        Subscribes on this session, asks for the current conditions (ConditionRefresh) and yields
+        them (between ``refresh_start`` and ``refresh_end`` markers), then every change; raises
+        :class:`~agent.errors.ConnectionLost` when the session or the subscription dies. It may run
+        alongside ``read()`` or ``updates()``. See :mod:`drivers.opcua.alarms`.
+        """
+        from drivers.opcua.alarms import condition_events
+
+        client = self._alive()
+        events = condition_events(client, self.machine, notifiers, self._alive)
+        async for batch in events:
+            yield batch
+
 
 def _chunks(items: list[Node], size: int) -> list[list[Node]]:
     """``items`` in pieces of at most ``size`` (0: one piece); no pieces for no items."""
@@ -355,6 +383,33 @@ def status_and_value(dv: ua.DataValue) -> tuple[str | None, Any]:
     if status is not None and not status.is_good():
         return status.name, None
     return None, dv.Value.Value if dv.Value is not None else None
+
+
+def subscription_parameters(m: OpcuaMachine) -> ua.CreateSubscriptionParameters:
+    """Publishing every poll_interval; a keep-alive every offline_after / 3 (at most 10 s) when idle."""
+    period = m.poll_interval
+    keepalive_s = min(max(m.offline_after / 3, period), 10.0)
+    keepalive = max(1, math.ceil(keepalive_s / period))
+    params = ua.CreateSubscriptionParameters()
+    params.RequestedPublishingInterval = period * 1000.0
+    params.RequestedMaxKeepAliveCount = keepalive
+    params.RequestedLifetimeCount = keepalive * 10  # the spec asks for at least 3x the keep-alive count
+    params.MaxNotificationsPerPublish = 0  # no limit
+    params.PublishingEnabled = True
+    params.Priority = 0
+    return params
+
+
+def stale_limit(m: OpcuaMachine, revised: ua.CreateSubscriptionResult) -> float:
+    """How long without any publish response (data or keep-alive) means the subscription is dead.
+
+    From the server's revised values: a server with a longer minimum publishing interval, or
+    another keep-alive count, must not be taken for a dead one.
+    """
+    interval = revised.RevisedPublishingInterval / 1000.0
+    if interval > m.poll_interval * 1.01:
+        log.info("machine %s: the server publishes every %gs, not every poll_interval", m.id, interval)
+    return float(2 * interval * max(1, int(revised.RevisedMaxKeepAliveCount)) + m.timeout + 1.0)
 
 
 class _Inbox:
@@ -397,44 +452,14 @@ class OpcuaSubscriptionDriver(OpcuaDriver):
     def __init__(self, machine: OpcuaMachine) -> None:
         super().__init__(machine)
         self._inbox = _Inbox()
+        self._on_loss.append(self._inbox.lost)
         self.revised: ua.CreateSubscriptionResult | None = None  # the server's answer to our subscription
         self.stale_after = 0.0  # no publish response for this long: the subscription is dead
-
-    async def _on_lost(self, exc: Exception) -> None:
-        await super()._on_lost(exc)
-        self._inbox.lost(self._lost or "connection lost")
-
-    def _subscription_parameters(self) -> ua.CreateSubscriptionParameters:
-        """Publishing every poll_interval; a keep-alive every offline_after / 3 (at most 10 s) when idle."""
-        m = self.machine
-        period = m.poll_interval
-        keepalive_s = min(max(m.offline_after / 3, period), 10.0)
-        keepalive = max(1, math.ceil(keepalive_s / period))
-        params = ua.CreateSubscriptionParameters()
-        params.RequestedPublishingInterval = period * 1000.0
-        params.RequestedMaxKeepAliveCount = keepalive
-        params.RequestedLifetimeCount = keepalive * 10  # the spec asks for at least 3x the keep-alive count
-        params.MaxNotificationsPerPublish = 0  # no limit
-        params.PublishingEnabled = True
-        params.Priority = 0
-        return params
-
-    def _stale_after(self, revised: ua.CreateSubscriptionResult) -> float:
-        """How long without any publish response (data or keep-alive) means the subscription is dead.
-
-        From the server's revised values: a server with a longer minimum publishing interval, or
-        another keep-alive count, must not be taken for a dead one.
-        """
-        m = self.machine
-        interval = revised.RevisedPublishingInterval / 1000.0
-        if interval > m.poll_interval * 1.01:
-            log.info("machine %s: the server publishes every %gs, not every poll_interval", m.id, interval)
-        return float(2 * interval * max(1, int(revised.RevisedMaxKeepAliveCount)) + m.timeout + 1.0)
 
     async def updates(self) -> AsyncIterator[list[Sample]]:
         m = self.machine
         client = self._alive()
-        params = self._subscription_parameters()
+        params = subscription_parameters(m)
         signal_of = [i for i, node in enumerate(self._nodes) if node is not None]  # per valid node
         nodes = self._valid
         items: list[int | ua.StatusCode] = []
@@ -452,7 +477,7 @@ class OpcuaSubscriptionDriver(OpcuaDriver):
         except NETWORK_ERRORS as exc:
             raise ConnectionLost(m.id, f"cannot subscribe: {_why(exc)}") from exc
         subscribed, sub_id = time.monotonic(), sub.subscription_id
-        stale_after = self.stale_after = self._stale_after(revised)
+        stale_after = self.stale_after = stale_limit(m, revised)
         index: dict[Any, list[int]] = {}  # node id -> the signals its monitored item updates
         refused: dict[int, str] = {}  # signal -> why the server refused its monitored item
         for i, node, created in zip(signal_of, nodes, items, strict=True):
