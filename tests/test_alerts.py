@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -15,7 +16,7 @@ import pytest
 
 from agent.errors import OutboxError
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
-from agent.pipeline.alertlog import AlertLog, cloudevent
+from agent.pipeline.alertlog import ActiveAlert, AlertLog, cloudevent
 from agent.pipeline.outbox import AsyncOutbox, Outbox
 
 T0 = 1_700_000_000.123  # 2023-11-14T22:13:20.123Z
@@ -200,6 +201,8 @@ async def test_active_alerts_are_persisted_and_removed_on_clear(db_path: Path) -
             "threshold": 95.0,
             "message": "press-1 tool1_wear 81.5 % over 80",
             "since": T0,
+            "signal": "tool1_wear",
+            "value": 81.5,
         }
 
     async with AsyncOutbox(Outbox(db_path)) as ob:  # after a restart the alert is still known as active
@@ -304,7 +307,9 @@ async def test_record_commits_a_non_transition_event_with_the_next_seq(db_path: 
             "gateway": "gw-1",
             "site": "plant-a",
         }
-        assert await ob.call(ob.sync.pending, "s", 10) == [first, event]
+        pending = await ob.call(ob.sync.pending, "s", 10)
+        assert [(e.seq, e.id, e.body) for e in pending] == [(e.seq, e.id, e.body) for e in (first, event)]
+        assert (event.type, event.subject, event.machine) == ("andon.alert.acknowledged", "press-1/tool1-wear", None)
         assert set(log.active) == {"press-1/tool1-wear"}  # alert state untouched
         now = await log.record("andon.test", "_gateway/test", {}, Severity.INFO)
         assert RFC3339_UTC.match(json.loads(now.body)["time"]) and now.seq == event.seq + 1
@@ -325,3 +330,85 @@ async def test_failed_record_commits_nothing_and_burns_no_seq(db_path: Path) -> 
         await ob.call(ob.sync.open)
         again = await log.record("andon.test", "_gateway/test", {}, Severity.INFO)
         assert again.seq == first.seq + 1
+
+
+# -- acknowledgement -----------------------------------------------------------------------------
+
+
+async def test_acknowledge_commits_the_event_and_marks_the_alert_across_a_restart(db_path: Path) -> None:
+    async with AsyncOutbox(Outbox(db_path)) as ob:
+        await ob.call(ob.sync.set_sinks, ["s"])
+        woken: list[int] = []
+        log = await open_log(ob, on_commit=[lambda: woken.append(1)])
+        (raised,) = await log.commit([tr(severity=Severity.CRITICAL, value=96.0, threshold=95.0)])
+        assert not log.active["press-1/tool1-wear"].acknowledged
+        assert await log.acknowledge("press-1/nope", "Ana", None) is None  # not active: nothing committed
+        assert woken == [1] and await log.record("andon.test", "_gateway/test", {}, Severity.INFO)
+        event = await log.acknowledge("press-1/tool1-wear", "Ana <ana@plant>", "changing it now", at=T0 + 30)
+        assert event is not None and event.seq == raised.seq + 2 and event.severity is Severity.CRITICAL
+        assert (event.type, event.subject, event.machine) == (
+            "andon.alert.acknowledged",
+            "press-1/tool1-wear",
+            "press-1",
+        )
+        body = json.loads(event.body)
+        assert set(body) == ATTRIBUTES and body["type"] == "andon.alert.acknowledged"
+        assert body["subject"] == "press-1/tool1-wear" and body["time"] == "2023-11-14T22:13:50.123Z"
+        assert body["data"] == {
+            "alert": "press-1/tool1-wear",
+            "machine": "press-1",
+            "rule": "tool1-wear",
+            "signal": "tool1_wear",
+            "severity": "critical",
+            "value": 96.0,
+            "threshold": 95.0,
+            "message": "press-1 tool1_wear 81.5 % over 80",
+            "since": "2023-11-14T22:13:20.123Z",
+            "by": "Ana <ana@plant>",
+            "note": "changing it now",
+            "seq": event.seq,
+            "gateway": "gw-1",
+            "site": "plant-a",
+        }
+        a = log.active["press-1/tool1-wear"]
+        assert a.acknowledged and (a.ack_by, a.ack_at, a.ack_note) == ("Ana <ana@plant>", T0 + 30, "changing it now")
+    async with AsyncOutbox(Outbox(db_path)) as ob:  # the acknowledgement is kept with the alert state
+        log = await open_log(ob)
+        assert log.active["press-1/tool1-wear"] == a
+        await log.commit([tr(TransitionKind.UPDATED, severity=Severity.CRITICAL, message="still worn", time=T0 + 40)])
+        kept = log.active["press-1/tool1-wear"]
+        assert kept.acknowledged and kept.ack_by == "Ana <ana@plant>" and kept.message == "still worn"
+        await log.commit([tr(TransitionKind.CLEARED, time=T0 + 50), tr(time=T0 + 60)])  # cleared, raised anew
+        assert not log.active["press-1/tool1-wear"].acknowledged
+
+
+async def test_an_escalation_must_be_acknowledged_again(outbox: AsyncOutbox) -> None:
+    log = await open_log(outbox)
+    await log.commit([tr(severity=Severity.WARNING)])
+    assert await log.acknowledge("press-1/tool1-wear", "Ana", None) is not None
+    await log.commit([tr(TransitionKind.UPDATED, severity=Severity.CRITICAL, time=T0 + 10)])
+    assert not log.active["press-1/tool1-wear"].acknowledged
+    assert log.active["press-1/tool1-wear"].since == T0  # still the same alert
+
+
+async def test_acknowledging_a_three_part_alert_names_its_condition(outbox: AsyncOutbox) -> None:
+    log = await open_log(outbox)
+    await log.commit([tr(rule="alarms")])
+    key = "press-1/alarms"
+    log.active["press-1/alarms/Door.Open"] = dataclasses.replace(log.active.pop(key), key="press-1/alarms/Door.Open")
+    event = await log.acknowledge("press-1/alarms/Door.Open", "Bo", None)
+    assert event is not None
+    data = json.loads(event.body)["data"]
+    assert (data["alert"], data["machine"], data["rule"], data["condition"]) == (
+        "press-1/alarms/Door.Open",
+        "press-1",
+        "alarms",
+        "Door.Open",
+    )
+
+
+def test_alert_state_stored_before_acknowledgements_existed_still_loads() -> None:
+    old = {"severity": "warning", "threshold": 80.0, "message": "worn", "since": T0}
+    a = ActiveAlert.from_json("press-1/wear", old)
+    assert (a.severity, a.signal, a.value, a.acknowledged) == (Severity.WARNING, None, None, False)
+    assert ActiveAlert.from_json("press-1/wear", a.to_json()) == a

@@ -9,6 +9,7 @@ nor raises an alert that is still active a second time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -102,27 +103,86 @@ def dropped_notice(
     }
 
 
+def acknowledged_data(alert: ActiveAlert) -> dict[str, Any]:
+    """``data`` of an ``andon.alert.acknowledged`` event: the alert's fields plus ``by``, ``note``, ``since``."""
+    machine, rule, *condition = alert.key.split("/", 2)
+    data: dict[str, Any] = {
+        "alert": alert.key,
+        "machine": machine,
+        "rule": rule,
+        "signal": alert.signal,
+        "severity": alert.severity.label,
+        "value": alert.value,
+        "threshold": alert.threshold,
+        "message": alert.message,
+        "since": rfc3339(alert.since),
+        "by": alert.ack_by,
+        "note": alert.ack_note,
+    }
+    if condition:
+        data["condition"] = condition[0]
+    return data
+
+
 @dataclass(frozen=True, slots=True)
 class ActiveAlert:
-    """The persisted state of one active alert."""
+    """The persisted state of one active alert, with its acknowledgement (if someone gave one)."""
 
     key: str
     severity: Severity
     threshold: float | None
     message: str
     since: float  # wall clock of the raise
+    signal: str | None = None
+    value: Any = None  # the reading of the latest raise or update
+    ack_by: str | None = None
+    ack_at: float | None = None  # wall clock of the acknowledgement
+    ack_note: str | None = None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.ack_at is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "severity": self.severity.label,
             "threshold": self.threshold,
             "message": self.message,
             "since": self.since,
+            "signal": self.signal,
+            "value": _json_value(self.value),
         }
+        if self.ack_at is not None:
+            out |= {"ack_by": self.ack_by, "ack_at": self.ack_at, "ack_note": self.ack_note}
+        return out
 
     @classmethod
     def from_json(cls, key: str, d: dict[str, Any]) -> ActiveAlert:
-        return cls(key, Severity.parse(d["severity"]), d.get("threshold"), d.get("message", ""), d["since"])
+        return cls(
+            key,
+            Severity.parse(d["severity"]),
+            d.get("threshold"),
+            d.get("message", ""),
+            d["since"],
+            signal=d.get("signal"),
+            value=d.get("value"),
+            ack_by=d.get("ack_by"),
+            ack_at=d.get("ack_at"),
+            ack_note=d.get("ack_note"),
+        )
+
+
+def _next_state(prior: ActiveAlert | None, t: Transition) -> ActiveAlert:
+    """The alert's state after a raise or update. An update keeps the raise time, and keeps the
+    acknowledgement unless the severity rose (an escalation must be seen again)."""
+    kept = prior if prior is not None and t.kind is TransitionKind.UPDATED else None
+    state = ActiveAlert(t.key, t.severity, t.threshold, t.message, kept.since if kept else t.time, t.signal, t.value)
+    if kept is not None and kept.acknowledged and t.severity <= kept.severity:
+        state = dataclasses.replace(state, ack_by=kept.ack_by, ack_at=kept.ack_at, ack_note=kept.ack_note)
+    return state
+
+
+ACKNOWLEDGED_TYPE = "andon.alert.acknowledged"
 
 
 Observer = Callable[[Transition, StoredEvent], None]
@@ -198,23 +258,68 @@ class AlertLog:
         called (there is no transition). ``at`` (the event's ``time``) defaults to now.
         """
         async with self._lock:
-            seq = self._last_seq + 1
-            event_id = str(uuid.uuid4())
-            body = {
-                "specversion": "1.0",
-                "id": event_id,
-                "source": f"/andon/{self._gateway}",
-                "type": type,
-                "subject": subject,
-                "time": rfc3339(time.time() if at is None else at),
-                "datacontenttype": "application/json",
-                "data": {k: _json_value(v) for k, v in data.items()}
-                | {"seq": seq, "gateway": self._gateway, "site": self._site},
-            }
-            event = StoredEvent(seq, event_id, severity, json.dumps(body, separators=(",", ":")).encode())
-            await self._outbox.call(self._outbox.sync.append, [event], {})
-            self._last_seq = seq
-        log.info("event seq=%d %s %s", seq, type, subject)
+            event = await self._append_one(type, subject, data, severity, at, {})
+        log.info("event seq=%d %s %s", event.seq, type, subject)
+        for wake in self._on_commit:
+            wake()
+        return event
+
+    async def _append_one(
+        self,
+        type: str,
+        subject: str,
+        data: Mapping[str, Any],
+        severity: Severity,
+        at: float | None,
+        changes: dict[str, dict[str, Any] | None],
+    ) -> StoredEvent:
+        """Build and commit one event (with ``changes`` to the alert state); the caller holds the lock."""
+        seq = self._last_seq + 1
+        event_id = str(uuid.uuid4())
+        body = {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": f"/andon/{self._gateway}",
+            "type": type,
+            "subject": subject,
+            "time": rfc3339(time.time() if at is None else at),
+            "datacontenttype": "application/json",
+            "data": {k: _json_value(v) for k, v in data.items()}
+            | {"seq": seq, "gateway": self._gateway, "site": self._site},
+        }
+        machine = data.get("machine")
+        event = StoredEvent(
+            seq,
+            event_id,
+            severity,
+            json.dumps(body, separators=(",", ":")).encode(),
+            type,
+            subject,
+            machine if isinstance(machine, str) else None,
+        )
+        await self._outbox.call(self._outbox.sync.append, [event], changes)
+        self._last_seq = seq
+        return event
+
+    async def acknowledge(self, key: str, by: str, note: str | None, *, at: float | None = None) -> StoredEvent | None:
+        """Commit ``andon.alert.acknowledged`` for the active alert ``key`` and mark it acknowledged.
+
+        The event (the alert's fields plus ``data.by`` and ``data.note``) and the alert's new state
+        are one synced transaction, so the acknowledgement survives a restart with the alert.
+        Returns None when the alert is not active (nothing committed). Acknowledging again
+        replaces who and when (another event). :class:`~agent.errors.OutboxError`: nothing changed.
+        """
+        at = time.time() if at is None else at
+        async with self._lock:
+            alert = self.active.get(key)
+            if alert is None:
+                return None
+            acked = dataclasses.replace(alert, ack_by=by, ack_at=at, ack_note=note)
+            event = await self._append_one(
+                ACKNOWLEDGED_TYPE, key, acknowledged_data(acked), alert.severity, at, {key: acked.to_json()}
+            )
+            self.active = {**self.active, key: acked}
+        log.info("event seq=%d %s %s by %s", event.seq, ACKNOWLEDGED_TYPE, key, by)
         for wake in self._on_commit:
             wake()
         return event
@@ -241,9 +346,7 @@ class AlertLog:
                     active.pop(t.key, None)
                     changes[t.key] = None
                 else:
-                    prior = active.get(t.key)
-                    since = prior.since if prior and t.kind is TransitionKind.UPDATED else t.time
-                    active[t.key] = ActiveAlert(t.key, t.severity, t.threshold, t.message, since)
+                    active[t.key] = _next_state(active.get(t.key), t)
                     changes[t.key] = active[t.key].to_json()
             await self._outbox.call(self._outbox.sync.append, events, changes)
             self._last_seq = seq
