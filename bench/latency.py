@@ -46,8 +46,9 @@ from agent.config import Config, MachineBase, parse_config
 from agent.demo.receiver import Receiver
 from agent.model import Sample, StoredEvent, Transition
 from agent.pipeline.supervisor import Agent
-from drivers.base import Driver, make_driver
+from drivers.base import Driver
 from drivers.modbus.sim import SimulatedMachine
+from drivers.registry import make_driver
 
 FAULT_ADDRESS = 10  # holding register of the fault word
 FAULT_BIT = 3

@@ -7,7 +7,7 @@
 
 The simulated machine (a real pymodbus TCP server, :class:`drivers.modbus.sim.SimulatedMachine`)
 runs in a child process and counts the requests it receives. This process runs the real
-:class:`agent.pipeline.supervisor.Agent` (the Modbus driver behind ``drivers.base.Drivers``, rules on some of
+:class:`agent.pipeline.supervisor.Agent` (the Modbus driver behind ``drivers.registry.Drivers``, rules on some of
 the signals, the SQLite outbox in a temporary directory, no sink) and measures, over the window:
 
 * requests per poll, counted by the server, next to the planner's minimum (they must be equal);
@@ -114,9 +114,9 @@ def server_requests(proc: subprocess.Popen[str]) -> int:
 async def measure(args: argparse.Namespace, proc: subprocess.Popen[str], port: int, state_dir: Path) -> dict[str, Any]:
     from agent.config import parse_config
     from agent.pipeline.supervisor import Agent
-    from drivers.base import Drivers
     from drivers.modbus.config import ModbusMachine
     from drivers.modbus.driver import plan_for
+    from drivers.registry import Drivers
 
     signals = signal_docs(args.signals, args.seed, args.packed)
     numeric = [s["id"] for s in signals if s["type"] not in ("bool", "bit")]

@@ -1,20 +1,25 @@
-"""The one small interface every protocol driver implements, and the factory that picks one.
+"""The one small interface every protocol driver implements, and what a protocol plugs in.
 
-``agent/`` uses drivers only through :class:`Driver` and :func:`make_driver`; it never imports a
-protocol library. Protocol modules are imported only when a machine of that protocol is configured.
+``agent/`` uses drivers only through :class:`Driver` (and :class:`PushDriver`) and the protocol
+list in :mod:`drivers.registry`; it never imports a protocol library. A protocol is one folder,
+``drivers/<name>/``, whose ``plugin.py`` holds its :class:`ProtocolPlugin`: its config model, the
+factory of its drivers, its lines for ``andon-agent check`` and, optionally, a cross-check of its
+machines and a ``check --connect`` probe. The protocol library is imported only when a driver (or
+a probe) of that protocol is made.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Generic, Protocol, Self, TypeVar, runtime_checkable
 
 from agent.config.base import MachineBase
 from agent.model import Sample
-from drivers.modbus.config import ModbusMachine
-from drivers.opcua.config import OpcuaMachine
+
+M = TypeVar("M", bound=MachineBase)
+M_contra = TypeVar("M_contra", bound=MachineBase, contravariant=True)
 
 
 class Driver(Protocol):
@@ -49,7 +54,20 @@ class PushDriver(Driver, Protocol):
     def updates(self) -> AsyncIterator[list[Sample]]: ...
 
 
-CrossCheck = Callable[[Sequence[tuple[int, MachineBase]]], list[tuple[str, str]]]
+class MachineDrivers(Protocol[M_contra]):
+    """Makes the drivers of one protocol for one agent run, and owns what they share.
+
+    Calling it gives a new, unconnected driver for a machine of the protocol; connections that
+    machines share (Modbus units on one serial port or gateway) are shared here. The caller calls
+    :meth:`aclose` once, after every driver it made has left its ``async with``.
+    """
+
+    def __call__(self, machine: M_contra) -> Driver: ...
+
+    async def aclose(self) -> None: ...
+
+
+CrossCheck = Callable[[Sequence[tuple[int, M]]], list[tuple[str, str]]]
 
 
 def no_cross_check(machines: Sequence[tuple[int, MachineBase]]) -> list[tuple[str, str]]:
@@ -58,58 +76,38 @@ def no_cross_check(machines: Sequence[tuple[int, MachineBase]]) -> list[tuple[st
 
 
 @dataclass(frozen=True)
-class ProtocolPlugin:
-    """What the agent knows of one protocol; :mod:`drivers.registry` lists them all.
+class Probe(Generic[M]):
+    """``andon-agent check --connect`` for one protocol.
 
-    ``name`` is the value of ``protocol`` in the config; ``config`` the machine model (a
-    :class:`~agent.config.base.MachineBase` with ``protocol: Literal[name]``). ``cross_check`` gets
-    every machine of this protocol with its index in ``machines`` and returns (key path, problem)
-    pairs for what no single machine's model can check (machines sharing a connection must agree).
+    ``run`` connects to every given machine (all of this protocol) once, reads every signal and
+    returns the lines to print, in config order, and whether every signal could be read. ``all_read``
+    and ``not_all_read`` finish the command's verdict line ("every OPC UA node resolves").
+    """
+
+    run: Callable[[Sequence[M]], Awaitable[tuple[list[str], bool]]]
+    all_read: str
+    not_all_read: str
+
+
+@dataclass(frozen=True)
+class ProtocolPlugin(Generic[M]):
+    """What the agent knows of one protocol; :data:`drivers.registry.PROTOCOLS` lists them all.
+
+    * ``name``: the value of ``protocol`` in the config; ``title``: the protocol's name for people.
+    * ``config``: the machine model, a :class:`~agent.config.base.MachineBase` with
+      ``protocol: Literal[name]``; the config schema's machine union is made of these.
+    * ``drivers``: makes a :class:`MachineDrivers` (one per agent run).
+    * ``describe(machine, machines)``: the lines ``check`` prints for the machine (``machines``
+      are all of the config's, for what the machine shares with others).
+    * ``cross_check``: gets every machine of this protocol with its index in ``machines`` and
+      returns (key path, problem) pairs for what no single machine's model can check.
+    * ``probe``: ``check --connect``, if the protocol has one.
     """
 
     name: str
-    config: type[MachineBase]
-    cross_check: CrossCheck = no_cross_check
-
-
-def make_driver(machine: MachineBase) -> Driver:
-    """A new, unconnected driver for the machine."""
-    if isinstance(machine, ModbusMachine):
-        from drivers.modbus.driver import ModbusDriver
-
-        return ModbusDriver(machine)
-    from drivers.opcua import OpcuaDriver
-
-    assert isinstance(machine, OpcuaMachine)
-    return OpcuaDriver(machine)
-
-
-class Drivers:
-    """Makes the drivers of one agent, and owns what they share. One instance per agent run: no
-    global state. Call :meth:`aclose` when done.
-
-    Modbus machines with the same :attr:`~drivers.modbus.config.ModbusMachine.bus` (one serial port, or one
-    ``host:port`` and framer) share one connection, a :class:`drivers.modbus.bus.Bus`: requests on
-    it go one at a time, and a unit that does not answer does not close it for the others. A read
-    on a shared bus may also wait for the requests of the other units ahead of it (each bounded by
-    its machine's ``timeout``). pymodbus is imported only when a Modbus machine is made.
-    """
-
-    def __init__(self) -> None:
-        self._modbus: Any = None  # drivers.modbus.bus.Buses, made on first use
-
-    def __call__(self, machine: MachineBase) -> Driver:
-        if isinstance(machine, ModbusMachine):
-            from drivers.modbus.bus import Buses
-            from drivers.modbus.driver import ModbusDriver
-
-            if self._modbus is None:
-                self._modbus = Buses()
-            return ModbusDriver(machine, self._modbus.get(machine))
-        return make_driver(machine)
-
-    async def aclose(self) -> None:
-        """Close whatever the drivers shared."""
-        if self._modbus is not None:
-            await self._modbus.aclose()
-            self._modbus = None
+    title: str
+    config: type[M]
+    drivers: Callable[[], MachineDrivers[M]]
+    describe: Callable[[M, Sequence[MachineBase]], list[str]]
+    cross_check: CrossCheck[M] = no_cross_check
+    probe: Probe[M] | None = None

@@ -28,7 +28,9 @@ from agent.config import (
     parse_config,
     parse_duration,
 )
+from agent.config.base import KeyProblem, read_secret
 from agent.errors import ConfigError
+from agent.sinks.base import sink_secret
 from agent.sinks.http import HttpSinkConfig
 from agent.sinks.registry import SINKS
 from drivers.modbus.config import ModbusMachine, ModbusSignal
@@ -631,3 +633,48 @@ def test_new_rule_kinds_load_with_their_defaults() -> None:
     assert (forecast.window, forecast.min_points, forecast.min_r2, forecast.change_drop) == (600.0, 10, 0.7, None)
     assert isinstance(stale, StaleRule) and (stale.tolerance, stale.only_while) == (0.0, None)
     assert AlertsSection() == cfg.alerts
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets: `<name>_env` / `<name>_file`, read by the one shared helper (sinks and the OPC UA password)
+
+
+def test_read_secret_from_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_SECRET", "  s3cret \n")
+    assert read_secret("token", "TEST_SECRET", None) == "s3cret"
+    assert read_secret("password", "TEST_SECRET", None, strip="\r\n") == "  s3cret "  # spaces may belong to it
+    path = tmp_path / "secret"
+    path.write_text("from-file\r\n")
+    assert read_secret("token", None, path) == "from-file"
+    assert read_secret("token", None, None) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "file", "content", "problem"),
+    [
+        ("TEST_SECRET_UNSET", None, None, ("token_env", "environment variable TEST_SECRET_UNSET is not set or empty")),
+        (None, "missing", None, ("token_file", "cannot read {path}: No such file or directory")),
+        (None, "empty", " \n", ("token_file", "{path} is empty")),
+        (None, "binary", b"\xff\xfe", ("token_file", "cannot read {path}: 'utf-8' codec can't decode")),
+    ],
+)
+def test_read_secret_names_the_key_and_never_the_secret(
+    tmp_path: Path, env: str | None, file: str | None, content: str | bytes | None, problem: tuple[str, str]
+) -> None:
+    path = tmp_path / file if file else None
+    if path is not None and isinstance(content, str):
+        path.write_text(content)
+    elif path is not None and isinstance(content, bytes):
+        path.write_bytes(content)
+    with pytest.raises(KeyProblem) as err:
+        read_secret("token", env, path)
+    key, message = problem
+    assert err.value.key == key
+    assert str(err.value).startswith(message.format(path=path))
+
+
+def test_a_sink_secret_error_names_the_sink_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_SECRET_UNSET", raising=False)
+    with pytest.raises(ConfigError) as err:
+        sink_secret(3, "routing_key", "TEST_SECRET_UNSET", None)
+    assert str(err.value) == "sinks[3].routing_key_env: environment variable TEST_SECRET_UNSET is not set or empty"

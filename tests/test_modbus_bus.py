@@ -19,12 +19,12 @@ from agent.config import Config, parse_config
 from agent.errors import ConfigError, ConnectionLost
 from agent.model import Quality
 from agent.pipeline.supervisor import Agent
-from drivers.base import Drivers
 from drivers.modbus.bus import RESET_AFTER, Bus, NoAnswer, rtu_silence
 from drivers.modbus.codec import encode
 from drivers.modbus.config import ModbusMachine
 from drivers.modbus.driver import GATEWAY_POLLS, ModbusDriver
 from drivers.modbus.sim import SimulatedMachine
+from drivers.registry import Drivers
 from tests.waiting import Changes, counting_factory, running_agent
 
 

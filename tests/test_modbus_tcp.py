@@ -331,7 +331,7 @@ def test_a_modbus_tcp_agent_runs_without_importing_pymodbus() -> None:
     code = """
 import asyncio, struct, sys
 from drivers.modbus.config import ModbusMachine
-from drivers.base import Drivers
+from drivers.registry import Drivers
 
 async def answer(reader, writer):
     tid = struct.unpack(">H", (await reader.readexactly(12))[:2])[0]

@@ -20,9 +20,10 @@ from agent.config import Config, parse_config
 from agent.demo.receiver import Receiver
 from agent.errors import ConfigError, ConnectionLost, DriverError
 from agent.model import Sample
-from drivers.base import PushDriver, make_driver
+from drivers.base import PushDriver
 from drivers.opcua import OpcuaDriver, OpcuaSubscriptionDriver, to_value
 from drivers.opcua.config import OpcuaMachine
+from drivers.registry import make_driver
 from tests.opcua_fixtures import (
     ENUM_VALUE,
     NS_URI,
@@ -398,7 +399,7 @@ def test_asyncua_is_imported_only_for_opcua_machines(tmp_path: Path) -> None:
 import asyncio, sys
 from agent.config import load_config
 from agent.pipeline.supervisor import Agent
-from drivers.base import Drivers
+from drivers.registry import Drivers
 cfg = load_config({str(ROOT / "config" / "demo.toml")!r})
 assert all(m.protocol == "modbus" for m in cfg.machines)
 async def main():

@@ -12,7 +12,8 @@ from typing import Any, Self
 from agent.config import Config, MachineBase
 from agent.model import Sample
 from agent.pipeline.supervisor import Agent
-from drivers.base import Driver, make_driver
+from drivers.base import Driver
+from drivers.registry import make_driver
 
 Machine = MachineBase
 

@@ -22,9 +22,8 @@ from agent.config import (
     load_config,
 )
 from agent.errors import ConfigError, OutboxError
-from agent.sinks.http import HttpSinkConfig
-from drivers.modbus.config import ModbusMachine
-from drivers.opcua.config import OpcuaMachine
+from agent.sinks.registry import sink_plugin
+from drivers.registry import PROTOCOLS, plugin_for
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("andon")
@@ -37,71 +36,15 @@ def _config_path(arg: str | None) -> Path:
     return Path(path)
 
 
-def _opcua_session(m: OpcuaMachine) -> str:
-    """How the agent talks to an OPC UA machine, in one line (no protocol library needed)."""
-    if m.mode == "subscribe":
-        text = f"subscribe to data changes (sampling and publishing every {m.poll_interval:g}s)"
-    else:
-        text = f"poll: all {len(m.signals)} node(s) in one Read every {m.poll_interval:g}s"
-    if m.security_policy == "None":
-        text += ", no security"
-    else:
-        text += f", security {m.security_policy} {m.message_security_mode}"
-        text += f", client certificate {m.certificate}" if m.certificate else f" (client certificate in {m.pki_dir})"
-        text += f", server certificate {m.server_certificate}" if m.server_certificate else ""
-    if m.username is not None:
-        where = f"${m.password_env}" if m.password_env else str(m.password_file)
-        text += f", user {m.username} (password from {where})"
-    return text
-
-
 def summary(cfg: Config) -> str:
     """What ``check`` prints: machines, signals, the reads each poll makes, rules and sinks."""
-    from drivers.modbus.driver import spans_for
-    from drivers.modbus.planner import plan_reads  # pure, no protocol library
-
     lines = [
         f"gateway {cfg.agent.gateway_id}"
         + (f" at {cfg.agent.site}" if cfg.agent.site else "")
         + f", state in {cfg.agent.state_dir}"
     ]
     for m in cfg.machines:
-        if isinstance(m, ModbusMachine):
-            if m.serial is not None:
-                where = f"modbus rtu {m.serial} {m.baudrate} {m.parity}"
-            else:
-                where = f"modbus {'rtu-over-tcp' if m.framer == 'rtu' else 'tcp'} {m.host}:{m.port}"
-            lines.append(
-                f"machine {m.id}: {where} unit {m.unit}, poll every {m.poll_interval:g}s, "
-                f"offline after {m.offline_after:g}s"
-            )
-            mates = [o.id for o in cfg.machines if isinstance(o, ModbusMachine) and o.bus == m.bus and o is not m]
-            if mates or m.request_gap:
-                shared = f", shared with {', '.join(mates)} (one request at a time)" if mates else ""
-                gap = f", {m.request_gap * 1000:g}ms quiet after each request" if m.request_gap else ""
-                lines.append(f"  bus {m.bus}{shared}{gap}")
-            for s in m.signals:
-                if s.type == "bit":
-                    what = f"bit {s.bit}"
-                elif s.type == "string":
-                    what = f"string of {s.length} register{'s' if s.length != 1 else ''}"
-                else:
-                    what = s.type
-                wide = s.type not in ("bool", "bit", "int16", "uint16", "string")
-                ordered = s.table in ("holding", "input") and (wide or s.byte_order != "ABCD")
-                extra = f" {s.byte_order}" if ordered else ""
-                extra += f" x{s.scale:g}" if s.scale != 1 else ""
-                extra += f" {s.offset:+g}" if s.offset else ""
-                lines.append(f"  signal {s.id}: {s.table} {s.address} {what}{extra}")
-            plan = plan_reads(spans_for(m).values(), max_gap=m.max_gap)
-            lines.append(f"  each poll makes {len(plan)} read(s):")
-            lines += [f"    {req}" for req in plan]
-        elif isinstance(m, OpcuaMachine):
-            lines.append(
-                f"machine {m.id}: opcua {m.endpoint}, every {m.poll_interval:g}s, offline after {m.offline_after:g}s"
-            )
-            lines.append("  " + _opcua_session(m))
-            lines += [f"  signal {s.id}: node {s.node}" for s in m.signals]
+        lines += plugin_for(m.protocol).describe(m, cfg.machines)
     for r in cfg.rules:
         if isinstance(r, ThresholdRule):
             levels = (("warning", r.warning), ("critical", r.critical))
@@ -123,10 +66,7 @@ def summary(cfg: Config) -> str:
     if not cfg.rules:
         lines.append("no rules: only the machines' offline alerts will be raised")
     for sink in cfg.sinks:
-        assert isinstance(sink, HttpSinkConfig)  # the only kind for now
-        auth = f", token from ${sink.token_env}" if sink.token_env else ""
-        auth = f", token from {sink.token_file}" if sink.token_file else auth
-        lines.append(f"sink {sink.id}: http POST {sink.url}{auth}")
+        lines.append(f"sink {sink.id}: {sink_plugin(sink.kind).describe(sink)}")
     if not cfg.sinks:
         lines.append("no sinks: events are kept in the outbox only")
     return "\n".join(lines)
@@ -150,19 +90,24 @@ async def _run(cfg: Config, path: Path) -> None:
 
 
 def _check_connect(cfg: Config) -> int:
-    """``check --connect``: 0 if every OPC UA node resolves to a usable value, 1 otherwise."""
-    machines = [m for m in cfg.machines if isinstance(m, OpcuaMachine)]
-    if not machines:
-        print("config OK (no OPC UA machines to connect to)")
+    """``check --connect``: 0 if every signal of every machine a protocol can probe was read, 1 otherwise."""
+    probes = [(p.probe, [m for m in cfg.machines if m.protocol == p.name]) for p in PROTOCOLS if p.probe]
+    probes = [(probe, machines) for probe, machines in probes if machines]
+    if not probes:
+        titles = " or ".join(p.title for p in PROTOCOLS if p.probe)
+        print(f"config OK (no {titles} machines to connect to)")
         return EXIT_OK
-    from drivers.opcua.probe import probe_all
 
-    lines, ok = asyncio.run(probe_all(machines))
-    print("\n".join(lines))
-    if not ok:
-        print("config valid, but not every OPC UA node can be read (see above)")
+    async def probe_all() -> list[tuple[list[str], bool]]:
+        return await asyncio.gather(*(probe.run(machines) for probe, machines in probes))
+
+    results = asyncio.run(probe_all())
+    print("\n".join(line for lines, _ in results for line in lines))
+    if not all(ok for _, ok in results):
+        failed = [probe.not_all_read for (probe, _), (_, ok) in zip(probes, results, strict=True) if not ok]
+        print(f"config valid, but {', '.join(failed)} (see above)")
         return EXIT_FATAL
-    print("config OK, every OPC UA node resolves")
+    print(f"config OK, {', '.join(probe.all_read for probe, _ in probes)}")
     return EXIT_OK
 
 
@@ -182,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument(
                 "--connect",
                 action="store_true",
-                help="also connect to each OPC UA machine and show every node's data type and value "
-                "(exit 1 if a node does not resolve or cannot be used)",
+                help=f"also connect to each {' and '.join(p.title for p in PROTOCOLS if p.probe)} machine and "
+                "show every signal's data type and value (exit 1 if one does not resolve or cannot be used)",
             )
     demo = sub.add_parser("demo", help="a simulated machine, the agent and a local receiver, alerts shown live")
     demo.add_argument("--speed", type=float, default=1.0, help="run the simulated machine this many times faster")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from agent.config import Config
 from agent.errors import ConfigError, Rejected, RetryLater
@@ -190,7 +190,7 @@ async def _send_bisect(sink: Any, events: Sequence[StoredEvent]) -> tuple[list[S
 
 
 async def _retry(db: sqlite3.Connection, cfg: Config, args: argparse.Namespace) -> int:
-    from agent.sinks.http import HttpSink, HttpSinkConfig, make_client, read_token
+    from agent.sinks.registry import sink_plugin
 
     where, params = _where(args)
     configured = {s.id for s in cfg.sinks}
@@ -210,11 +210,10 @@ async def _retry(db: sqlite3.Connection, cfg: Config, args: argparse.Namespace) 
         ).fetchall()
         if not rows:
             continue
-        http_cfg = cast(HttpSinkConfig, sink_cfg)  # http: the only kind for now
-        token = read_token(http_cfg, index)
+        plugin = sink_plugin(sink_cfg.kind)
+        secrets = plugin.secrets(sink_cfg, index)
         sent = refused = 0
-        async with make_client(http_cfg) as client:
-            sink = HttpSink(http_cfg, client, token)
+        async with plugin.open(sink_cfg, secrets) as sink:
             for start in range(0, len(rows), cfg.outbox.batch_size):
                 chunk = [
                     StoredEvent(s, i, Severity.WARNING, bytes(b))

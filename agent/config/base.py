@@ -13,6 +13,7 @@ holds them to that).
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,32 @@ class KeyProblem(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+def read_secret(name: str, env: str | None, file: Path | None, *, strip: str | None = None) -> str | None:
+    """A secret named by the config, never held in it: from the environment variable ``env`` (the
+    value of ``<name>_env``) or the file ``file`` (``<name>_file``), or None when neither is set.
+
+    ``strip``: the characters taken off both ends (default: whitespace). Raises :class:`KeyProblem`
+    naming ``<name>_env`` or ``<name>_file`` when the variable is unset or empty, or the file cannot
+    be read or is empty; its text never holds the secret. Callers add where the key is
+    (``sinks[2].token_env``, a machine's id) and turn it into their own error.
+    """
+    if env:
+        value = os.environ.get(env, "").strip(strip)
+        if not value:
+            raise KeyProblem(f"{name}_env", f"environment variable {env} is not set or empty")
+        return value
+    if file is not None:
+        try:
+            value = file.read_text(encoding="utf-8").strip(strip)
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise KeyProblem(f"{name}_file", f"cannot read {file}: {why}") from None
+        if not value:
+            raise KeyProblem(f"{name}_file", f"{file} is empty")
+        return value
+    return None
 
 
 class StrictModel(BaseModel):

@@ -36,7 +36,7 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_excepti
 from agent.errors import AndonError, OutboxError, Rejected, RetryLater
 from agent.model import StoredEvent
 from agent.pipeline.outbox import AsyncOutbox
-from agent.sinks import SendTimeout, Sink
+from agent.sinks.base import SendTimeout, Sink
 
 log = logging.getLogger("andon.delivery")
 

@@ -20,9 +20,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from agent.config.base import MachineBase
@@ -39,9 +38,10 @@ from agent.pipeline.delivery import Delivery
 from agent.pipeline.outbox import AsyncOutbox, Outbox
 from agent.rules import RuleState, evaluate, tick
 from agent.rules.flood import FLOOD, FloodState, admit, flood_tick, forgotten
-from agent.sinks.base import SinkConfigBase
-from agent.sinks.http import HttpSink, HttpSinkConfig, make_client, read_token
-from drivers.base import Driver, Drivers, PushDriver
+from agent.sinks.base import Secrets, SinkConfigBase
+from agent.sinks.registry import sink_plugin
+from drivers.base import Driver, PushDriver
+from drivers.registry import Drivers
 
 log = logging.getLogger("andon.runtime")
 
@@ -392,7 +392,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
-        tokens = _tokens(cfg)  # ConfigError before anything starts
+        secrets = _secrets(cfg)  # ConfigError before anything starts
         cfg.agent.state_dir.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
             if self._driver_factory is None:
@@ -412,8 +412,8 @@ class Agent:
             await self._clear_orphans(self.alerts)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                for sink_cfg, token in zip(cfg.sinks, tokens, strict=True):
-                    self._start_sink(sink_cfg, token)
+                for sink_cfg, sink_secrets in zip(cfg.sinks, secrets, strict=True):
+                    await self._start_sink(sink_cfg, sink_secrets)
                 for machine in cfg.machines:
                     self._start_machine(machine)
                 if cfg.status.listen:
@@ -452,7 +452,7 @@ class Agent:
                         running.delivery.sink.id,
                         exc or "timeout",
                     )
-                await running.client.aclose()
+                await running.stack.aclose()
         log.info("stopped")
 
     # -- building blocks ----------------------------------------------------------------------
@@ -482,12 +482,12 @@ class Agent:
         for running in self._sinks.values():
             running.delivery.wake()
 
-    def _start_sink(self, sink_cfg: SinkConfigBase, token: str | None) -> None:
+    async def _start_sink(self, sink_cfg: SinkConfigBase, secrets: Secrets) -> None:
         assert self._tg is not None and self.outbox is not None
-        assert isinstance(sink_cfg, HttpSinkConfig)  # the only kind for now
-        client = make_client(sink_cfg)
+        stack = contextlib.AsyncExitStack()
+        sink = await stack.enter_async_context(sink_plugin(sink_cfg.kind).open(sink_cfg, secrets))
         delivery = Delivery(
-            HttpSink(sink_cfg, client, token),
+            sink,
             self.outbox,
             batch_size=self.cfg.outbox.batch_size,
             retry_max=sink_cfg.retry_max,
@@ -495,7 +495,7 @@ class Agent:
             report_drops=self.alerts.report_drops if self.alerts is not None else None,
         )
         task = self._tg.create_task(delivery.run(), name=f"sink:{sink_cfg.id}")
-        self._sinks[sink_cfg.id] = _RunningSink(sink_cfg, token, delivery, client, task)
+        self._sinks[sink_cfg.id] = _RunningSink(sink_cfg, secrets, delivery, stack, task)
 
     async def _stop_sink_task(self, running: _RunningSink) -> None:
         """Let the sink finish its batch in flight (so nothing is sent twice), then stop it."""
@@ -531,7 +531,7 @@ class Agent:
             return
         try:
             new = load_config(self._config_path)
-            tokens = _tokens(new)
+            secrets = _secrets(new)
         except ConfigError as exc:
             log.error("reload refused, the running config stays: %s", exc)
             return
@@ -541,12 +541,12 @@ class Agent:
             if getattr(old, section) != getattr(new, section):
                 log.warning("reload: changes to [%s] take effect after a restart", section)
         new = new.model_copy(update={"agent": old.agent, "outbox": old.outbox, "status": old.status})
-        new_tokens = {s.id: t for s, t in zip(new.sinks, tokens, strict=True)}
+        new_secrets = {s.id: secret for s, secret in zip(new.sinks, secrets, strict=True)}
         new_sinks = {s.id: s for s in new.sinks}
         for sink_id, running in list(self._sinks.items()):
-            if new_sinks.get(sink_id) != running.config or new_tokens.get(sink_id) != running.token:
+            if new_sinks.get(sink_id) != running.config or new_secrets.get(sink_id) != running.secrets:
                 await self._stop_sink_task(running)
-                await running.client.aclose()
+                await running.stack.aclose()
                 del self._sinks[sink_id]
         assert self.outbox is not None and self.alerts is not None
         await self.outbox.call(self.outbox.sync.set_sinks, list(new_sinks))
@@ -563,7 +563,7 @@ class Agent:
         await self._clear_orphans(self.alerts)
         for sink_cfg in new.sinks:
             if sink_cfg.id not in self._sinks:
-                self._start_sink(sink_cfg, new_tokens[sink_cfg.id])
+                await self._start_sink(sink_cfg, new_secrets[sink_cfg.id])
         started = [m.id for m in new.machines if m.id not in self._machines]
         for machine in new.machines:
             if machine.id in started:
@@ -607,14 +607,15 @@ class Agent:
 @dataclass
 class _RunningSink:
     config: SinkConfigBase
-    token: str | None
+    secrets: Secrets
     delivery: Delivery
-    client: httpx.AsyncClient
+    stack: contextlib.AsyncExitStack  # leaving it closes the sink
     task: asyncio.Task[None]
 
 
-def _tokens(cfg: Config) -> list[str | None]:
-    return [read_token(cast(HttpSinkConfig, s), i) for i, s in enumerate(cfg.sinks)]  # http: the only kind
+def _secrets(cfg: Config) -> list[Secrets]:
+    """Every sink's secrets, read now: ConfigError (naming the key) if one cannot be read."""
+    return [sink_plugin(s.kind).secrets(s, i) for i, s in enumerate(cfg.sinks)]
 
 
 async def _first(*aws: Coroutine[Any, Any, Any]) -> None:

@@ -1,12 +1,41 @@
-"""What every sink shares: the base of its config model and its entry in :mod:`agent.sinks.registry`."""
+"""What every sink shares: the :class:`Sink` interface, the base of its config model, its entry in
+:mod:`agent.sinks.registry` (:class:`SinkPlugin`) and reading its secrets.
+
+A sink takes batches of events from the outbox and delivers them upstream; it never holds events of
+its own. A sink kind is one module, ``agent/sinks/<kind>.py``, holding its config model (a
+:class:`SinkConfigBase` with ``kind: Literal["<kind>"]``), its sink class and its ``PLUGIN``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 from pydantic import Field
 
-from agent.config.base import Duration, Id, StrictModel
+from agent.config.base import Duration, Id, KeyProblem, StrictModel, read_secret
+from agent.errors import ConfigError, RetryLater
+from agent.model import StoredEvent
+
+
+class SendTimeout(RetryLater):
+    """The upstream did not answer within the sink's timeout (it may still have taken the batch)."""
+
+
+class Sink(Protocol):
+    """One upstream. :meth:`send` either returns (the whole batch is accepted) or raises
+    :class:`~agent.errors.RetryLater` (send the same events again later; :class:`SendTimeout` when
+    the upstream did not answer in time) or :class:`~agent.errors.Rejected` (the receiver refuses
+    them). Caller guarantees: no concurrent ``send`` calls on one sink; events are passed oldest
+    first; ``send`` is called only while the sink is open (inside its plugin's ``open``).
+    """
+
+    id: str
+
+    async def send(self, events: Sequence[StoredEvent]) -> None: ...
 
 
 class SinkConfigBase(StrictModel):
@@ -18,10 +47,48 @@ class SinkConfigBase(StrictModel):
     retry_max: Duration = Field(default=60.0, gt=0)  # cap of the retry backoff
 
 
+C = TypeVar("C", bound=SinkConfigBase)
+
+Secrets = Mapping[str, str]
+"""A sink's secrets by name (``{"token": ...}``), read from ``*_env`` / ``*_file`` at start and on reload."""
+
+
 @dataclass(frozen=True)
-class SinkPlugin:
-    """What the agent knows of one sink kind: ``kind`` is the value of ``kind`` in the config,
-    ``config`` the sink's model (a :class:`SinkConfigBase` with ``kind: Literal[kind]``)."""
+class SinkPlugin(Generic[C]):
+    """What the agent knows of one sink kind; :data:`agent.sinks.registry.SINKS` lists them all.
+
+    * ``kind``: the value of ``kind`` in the config; ``config``: the sink's model.
+    * ``secrets(cfg, index)``: reads the sink's secrets (:func:`sink_secret`); raises
+      :class:`~agent.errors.ConfigError` naming ``sinks[index].<key>``. Called before anything
+      starts, and on reload (a changed secret restarts the sink).
+    * ``open(cfg, secrets)``: the sink as an async context manager: entering it makes what the
+      sink holds (an HTTP client, a broker connection), leaving it closes that.
+    * ``describe(cfg)``: what ``check`` says of the sink after ``sink <id>:`` (no secrets).
+    """
 
     kind: str
-    config: type[SinkConfigBase]
+    config: type[C]
+    secrets: Callable[[C, int], Secrets]
+    open: Callable[[C, Secrets], AbstractAsyncContextManager[Sink]]
+    describe: Callable[[C], str]
+
+
+def sink_secret(index: int, name: str, env: str | None, file: Path | None) -> str | None:
+    """The secret ``<name>_env`` / ``<name>_file`` of ``sinks[index]`` (None when neither is set).
+
+    Raises :class:`~agent.errors.ConfigError` with one line naming the key, e.g.
+    ``sinks[0].token_env: environment variable ANDON_TOKEN is not set or empty``.
+    """
+    try:
+        return read_secret(name, env, file)
+    except KeyProblem as exc:
+        raise ConfigError(f"sinks[{index}].{exc.key}: {exc}") from None
+
+
+def secret_source(name: str, env: str | None, file: Path | None) -> str:
+    """Where a secret comes from, for ``check`` (never the secret): ``", token from $ANDON_TOKEN"``."""
+    if env:
+        return f", {name} from ${env}"
+    if file is not None:
+        return f", {name} from {file}"
+    return ""

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from agent.config.base import KeyProblem
-from agent.errors import ConfigError, Rejected, RetryLater
+from agent.errors import Rejected, RetryLater
 from agent.model import StoredEvent
-from agent.sinks import SendTimeout
-from agent.sinks.base import SinkConfigBase, SinkPlugin
+from agent.sinks.base import Secrets, SendTimeout, Sink, SinkConfigBase, SinkPlugin, secret_source, sink_secret
 
 if TYPE_CHECKING:
     import httpx  # imported when a sink is made: loading a config (``check``) does not need it
@@ -39,9 +38,6 @@ class HttpSinkConfig(SinkConfigBase):
         if self.token_env and self.token_file:
             raise KeyProblem("token_file", "set at most one of `token_env` and `token_file`")
         return self
-
-
-PLUGIN = SinkPlugin(kind="http", config=HttpSinkConfig)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -83,20 +79,7 @@ def classify(status: int, headers: Mapping[str, str], now: float) -> None:
 
 def read_token(cfg: HttpSinkConfig, index: int) -> str | None:
     """The bearer token from the environment or a file, never from the config itself."""
-    if cfg.token_env:
-        token = os.environ.get(cfg.token_env, "").strip()
-        if not token:
-            raise ConfigError(f"sinks[{index}].token_env: environment variable {cfg.token_env} is not set or empty")
-        return token
-    if cfg.token_file:
-        try:
-            token = cfg.token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"sinks[{index}].token_file: cannot read {cfg.token_file}: {exc.strerror}") from None
-        if not token:
-            raise ConfigError(f"sinks[{index}].token_file: {cfg.token_file} is empty")
-        return token
-    return None
+    return sink_secret(index, "token", cfg.token_env, cfg.token_file)
 
 
 def make_client(cfg: HttpSinkConfig) -> httpx.AsyncClient:
@@ -143,3 +126,22 @@ class HttpSink:
         except httpx.HTTPError as exc:  # connection, protocol and decoding errors alike
             raise RetryLater(f"{type(exc).__name__}: {exc or 'connection failed'}") from exc
         classify(response.status_code, response.headers, time.time())
+
+
+def _secrets(cfg: HttpSinkConfig, index: int) -> Secrets:
+    token = read_token(cfg, index)
+    return {"token": token} if token else {}
+
+
+@asynccontextmanager
+async def open_sink(cfg: HttpSinkConfig, secrets: Secrets) -> AsyncIterator[Sink]:
+    """The sink with its own HTTP client, closed on leaving."""
+    async with make_client(cfg) as client:
+        yield HttpSink(cfg, client, secrets.get("token"))
+
+
+def describe(cfg: HttpSinkConfig) -> str:
+    return f"http POST {cfg.url}{secret_source('token', cfg.token_env, cfg.token_file)}"
+
+
+PLUGIN = SinkPlugin(kind="http", config=HttpSinkConfig, secrets=_secrets, open=open_sink, describe=describe)

@@ -1,9 +1,21 @@
-"""The one list of sinks. Adding a sink: write ``agent/sinks/<kind>.py`` with its ``PLUGIN`` and add
-it here; nothing else central changes (the config schema is built from this list)."""
+"""The one list of sink kinds.
+
+Adding a sink: write ``agent/sinks/<kind>.py`` with its config model (a
+:class:`~agent.sinks.base.SinkConfigBase` with ``kind: Literal["<kind>"]``), its sink class and its
+``PLUGIN`` (a :class:`~agent.sinks.base.SinkPlugin`), and add the plugin to :data:`SINKS`. Nothing
+else central changes: the config schema, ``check``, the runtime and the outbox command read this list.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from agent.sinks.base import SinkPlugin
 from agent.sinks.http import PLUGIN as HTTP
 
-SINKS: tuple[SinkPlugin, ...] = (HTTP,)
+SINKS: tuple[SinkPlugin[Any], ...] = (HTTP,)
+
+
+def sink_plugin(kind: str) -> SinkPlugin[Any]:
+    """The plugin of a configured sink's ``kind`` (the config only holds registered ones)."""
+    return next(s for s in SINKS if s.kind == kind)

@@ -3,8 +3,8 @@
 Pure parts live beside it: :mod:`drivers.modbus.planner` (which reads to make) and
 :mod:`drivers.modbus.codec` (registers to values). The connection is a :class:`~drivers.modbus.bus.Bus`,
 shared with the other machines (units) on the same serial port or TCP connection when the driver
-comes from a :class:`~drivers.modbus.bus.Buses` registry (``drivers.base.Drivers`` makes one per
-agent); :func:`drivers.base.make_driver` gives a driver its own private bus.
+comes from a :class:`~drivers.modbus.bus.Buses` registry (the Modbus plugin's ``ModbusDrivers`` makes
+one per agent run); without one, the driver has a private bus.
 
 How a poll handles what the device answers:
 

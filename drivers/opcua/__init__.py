@@ -1,8 +1,8 @@
 """OPC UA: subscription (default) and poll drivers on asyncua, and the ``check --connect`` probe.
 
-``from drivers.opcua import OpcuaDriver`` imports asyncua (heavy); ``drivers.base.make_driver``
-does so only when an OPC UA machine is configured. Importing the package itself, or the pure
-:mod:`drivers.opcua.values`, does not.
+``from drivers.opcua import OpcuaDriver`` imports asyncua (heavy); the OPC UA plugin
+(:mod:`drivers.opcua.plugin`) does so only when an OPC UA driver or probe is made. Importing the
+package itself, its plugin, its config or the pure :mod:`drivers.opcua.values` does not.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -36,6 +35,7 @@ from asyncua.crypto import security_policies, uacrypto
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError
 
+from agent.config.base import KeyProblem, read_secret
 from agent.errors import ConnectionLost, DriverError
 from agent.model import ConditionEvent, Sample
 from drivers.opcua.config import OpcuaMachine
@@ -66,21 +66,13 @@ def connect_budget(m: OpcuaMachine) -> float:
 
 
 def read_password(m: OpcuaMachine) -> str | None:
-    """The password from ``password_env`` or ``password_file`` (read on every connect: rotation works)."""
-    if m.password_env is not None:
-        password = os.environ.get(m.password_env)
-        if not password:
-            raise DriverError(m.id, f"password_env: environment variable {m.password_env} is not set or empty")
-        return password
-    if m.password_file is not None:
-        try:
-            password = m.password_file.read_text(encoding="utf-8").strip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DriverError(m.id, f"password_file: cannot read {m.password_file}: {exc}") from None
-        if not password:
-            raise DriverError(m.id, f"password_file: {m.password_file} is empty")
-        return password
-    return None
+    """The password from ``password_env`` or ``password_file`` (read on every connect: rotation works).
+
+    Only line ends are stripped: spaces may belong to a password."""
+    try:
+        return read_secret("password", m.password_env, m.password_file, strip="\r\n")
+    except KeyProblem as exc:
+        raise DriverError(m.id, f"{exc.key}: {exc}") from None
 
 
 def application_uri(m: OpcuaMachine) -> str:
