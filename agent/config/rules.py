@@ -8,8 +8,9 @@ numeric kind needs a numeric signal) live in :mod:`agent.config.schema`.
 from __future__ import annotations
 
 import math
+import re
 import string
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -35,13 +36,11 @@ def template_fields_for(kind: str) -> frozenset[str]:
     return TEMPLATE_FIELDS | KIND_TEMPLATE_FIELDS[kind]
 
 
-class RuleBase(StrictModel):
+class LifecycleBase(StrictModel):
+    """What every rule has: its id, its machine, and the shared alert lifecycle (delays, repeat, chattering)."""
+
     id: Id
     machine: Id
-    signal: Id
-    severity: SeverityName = "warning"
-    name: str | None = Field(default=None, min_length=1)  # what is watched, in words ("tool 1"); default: signal
-    message: str | None = None  # template: {machine} {signal} {value} {threshold} {unit} ... (KIND_TEMPLATE_FIELDS)
     on_delay: Duration = 0.0
     off_delay: Duration = 0.0
     repeat_every: Duration | None = Field(default=None, gt=0)
@@ -49,6 +48,22 @@ class RuleBase(StrictModel):
     # chatter_window holds the alert active until its condition stayed normal for chatter_window.
     chatter_count: int = Field(default=3, ge=0)  # 0 turns it off
     chatter_window: Duration = Field(default=60.0, gt=0)
+
+    @field_validator("chatter_count")
+    @classmethod
+    def _check_chatter_count(cls, count: int) -> int:
+        if count == 1:
+            raise ValueError("must be 0 (off) or at least 2: one raise is not chattering")
+        return count
+
+
+class RuleBase(LifecycleBase):
+    """A rule that judges one signal's values."""
+
+    signal: Id
+    severity: SeverityName = "warning"
+    name: str | None = Field(default=None, min_length=1)  # what is watched, in words ("tool 1"); default: signal
+    message: str | None = None  # template: {machine} {signal} {value} {threshold} {unit} ... (KIND_TEMPLATE_FIELDS)
 
     @field_validator("message")
     @classmethod
@@ -60,13 +75,6 @@ class RuleBase(StrictModel):
         except ValueError as exc:  # a lone "{" or "}"
             raise ValueError(f"not a valid template: {exc} (write {{{{ and }}}} for literal braces)") from None
         return template
-
-    @field_validator("chatter_count")
-    @classmethod
-    def _check_chatter_count(cls, count: int) -> int:
-        if count == 1:
-            raise ValueError("must be 0 (off) or at least 2: one raise is not chattering")
-        return count
 
     @model_validator(mode="after")
     def _check_template(self) -> RuleBase:
@@ -181,6 +189,46 @@ class StaleRule(RuleBase):
     tolerance: float = Field(default=0.0, ge=0)  # changes this small or smaller do not count
     only_while: Id | None = None  # a signal of the same machine: staleness counts only while it is true
 
+
+_NODE_ID = re.compile(r"^(nsu=[^;]+;|ns=\d+;)?[isgb]=.+$")
+
+
+class AlarmsRule(LifecycleBase):
+    """The machine's own alarms (OPC UA Alarms & Conditions): every condition it raises is its own alert.
+
+    No signal, severity or message: each condition brings its own (OPC UA severity 1-1000 maps to
+    info / warning / critical, its message is the alarm's text). See :mod:`agent.rules.alarms`.
+    """
+
+    kind: Literal["alarms"]
+    source: str = "i=2253"  # the event notifier subscribed to: by default the Server object
+    min_severity: int = Field(default=1, ge=1, le=1000)  # OPC UA severity below which alarms are ignored
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_signal_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("signal", "severity", "message", "name"):
+                if key in data:
+                    raise KeyProblem(key, f"an alarms rule has no `{key}`: each alarm of the machine brings its own")
+        return data
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, source: str) -> str:
+        if not _NODE_ID.match(source):
+            raise ValueError(
+                f'must be an OPC UA node id like "i=2253", "ns=2;s=Area1" or "nsu=<uri>;s=Area1" (got {source!r})'
+            )
+        return source
+
+    @property
+    def signal(self) -> None:
+        """An alarms rule watches no signal (its transitions carry ``signal`` null)."""
+        return None
+
+
+SignalRule = ThresholdRule | FaultRule | CodeRule | ToolLifeRule | ForecastRule | StaleRule  # rules on one signal
 
 Rule = Annotated[
     ThresholdRule | FaultRule | CodeRule | ToolLifeRule | ForecastRule | StaleRule, Field(discriminator="kind")

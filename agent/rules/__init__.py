@@ -14,18 +14,21 @@ clock tick with :func:`tick`. Flood handling across a machine's rules is :mod:`a
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.config.rules import Rule
+from agent.config.rules import LifecycleBase, SignalRule
 from agent.model import Sample, Severity, Transition, TransitionKind
 from agent.rules.kinds import Condition, human_duration, observe
 
 __all__ = [
     "DEFAULT_MESSAGES",
     "Condition",
+    "Emit",
     "RuleState",
     "evaluate",
+    "lifecycle",
     "render_message",
     "template_fields",
     "tick",
@@ -158,7 +161,7 @@ def template_fields(template: str) -> set[str]:
     return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-def _chatter_note(rule: Rule) -> str:
+def _chatter_note(rule: LifecycleBase) -> str:
     window = human_duration(rule.chatter_window).removeprefix("about ")
     return (
         f" (chattering: raised {rule.chatter_count} times within {window}; held active until it stays "
@@ -167,7 +170,7 @@ def _chatter_note(rule: Rule) -> str:
 
 
 def _transition(
-    rule: Rule,
+    rule: SignalRule,
     sample: Sample,
     kind: TransitionKind,
     severity: Severity,
@@ -215,7 +218,7 @@ def _transition(
 
 
 def evaluate(
-    rule: Rule, state: RuleState, sample: Sample, now: float, unit: str = ""
+    rule: SignalRule, state: RuleState, sample: Sample, now: float, unit: str = ""
 ) -> tuple[RuleState, list[Transition]]:
     """Apply one sample to one rule. Pure: same inputs, same outputs.
 
@@ -237,6 +240,21 @@ def evaluate(
     def emit(kind: TransitionKind, severity: Severity, threshold: float | None, chattering: bool) -> Transition:
         return _transition(rule, sample, kind, severity, threshold, unit, cond, chattering)
 
+    return lifecycle(rule, state, cond, now, emit)
+
+
+Emit = Callable[[TransitionKind, Severity, float | None, bool], Transition]
+
+
+def lifecycle(
+    rule: LifecycleBase, state: RuleState, cond: Condition, now: float, emit: Emit
+) -> tuple[RuleState, list[Transition]]:
+    """The shared alarm lifecycle: one verdict (``cond``) on one alert at ``now`` -> its new state.
+
+    On-delay, off-delay, repeat and chattering as :func:`evaluate` describes them; a new
+    ``cond.key`` while active is an update. ``emit(kind, severity, threshold, chattering)`` builds
+    the transition (each kind of rule words its own). Pure.
+    """
     if state.active is None:
         if cond.severity is None:
             return (state if state.pending_since is None else replace(state, pending_since=None)), []
@@ -273,7 +291,7 @@ def evaluate(
 
 
 def tick(
-    rule: Rule, state: RuleState, last: Sample | None, now: float, wall: float, unit: str = ""
+    rule: SignalRule, state: RuleState, last: Sample | None, now: float, wall: float, unit: str = ""
 ) -> tuple[RuleState, list[Transition]]:
     """Time passes without a new value: judge the last good sample again at ``now`` (event time ``wall``).
 

@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config.rules import CodeRule, FaultRule, ForecastRule, Rule, StaleRule, ThresholdRule, ToolLifeRule
+from agent.config.rules import (
+    CodeRule,
+    FaultRule,
+    ForecastRule,
+    SignalRule,
+    StaleRule,
+    ThresholdRule,
+    ToolLifeRule,
+)
 from agent.model import Sample, Severity, Value
 
 FORECAST_MAX_POINTS = 240  # history points kept per forecast rule (thinned evenly over its window)
@@ -251,7 +259,9 @@ def _stale(rule: StaleRule, memo: Any, sample: Sample, now: float) -> tuple[Stal
 # -- the dispatch ------------------------------------------------------------------------------------
 
 
-def observe(rule: Rule, active: Severity | None, memo: Any, sample: Sample, now: float) -> tuple[Any, Condition | None]:
+def observe(
+    rule: SignalRule, active: Severity | None, memo: Any, sample: Sample, now: float
+) -> tuple[Any, Condition | None]:
     """The kind's verdict on a good sample, and its new memory. None: the value cannot be judged."""
     value = sample.value
     assert value is not None
