@@ -14,7 +14,8 @@ from typing import Any, Self
 from agent.config import Config, MachineBase
 from agent.demo.receiver import Receiver
 from agent.model import Quality, Sample
-from agent.pipeline.supervisor import Agent, Clock
+from agent.pipeline.runner import Clock
+from agent.pipeline.supervisor import Agent
 from drivers.modbus.sim import SimulatedMachine
 from tests.conftest import machine_doc
 from tests.waiting import of, running

@@ -1,4 +1,4 @@
-"""The runtime: wires drivers, rules, the alert log, the outbox and the sinks in one TaskGroup.
+"""The supervisor: :class:`Agent` wires drivers, rules, the alert log, the outbox and the sinks in one TaskGroup.
 
 ::
 
@@ -7,8 +7,11 @@
       watch: no good read for offline_after -> "<machine>/offline"
       tick:  every poll_interval, last values again -> rules.tick; flood gate (agent.rules.flood) -> commit
 
-Every machine runs in its own task and reconnects on its own, so one dead machine never delays
-another. A stop signal cancels the machines, makes one last delivery attempt and closes the outbox.
+Every machine runs in its own task (:mod:`agent.pipeline.runner`) and reconnects on its own, so one
+dead machine never delays another. SIGHUP reloads the config: only machines and sinks whose config
+changed are restarted. A stop signal cancels the machines, makes one last delivery attempt and
+closes the outbox. The status endpoints (:mod:`agent.ops.status`) render the snapshots
+:meth:`Agent.snapshot` takes (:mod:`agent.pipeline.snapshot`).
 """
 
 from __future__ import annotations
@@ -16,331 +19,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
-
-from agent.config.base import MachineBase
 from agent.config.load import load_config
-from agent.config.rules import Rule, StaleRule
+from agent.config.rules import Rule
 from agent.config.schema import Config
-from agent.config.sections import AlertsSection
-from agent.errors import AndonError, ConfigError, ConnectionLost, OutboxError
-from agent.model import Quality, Sample, Severity, Transition, TransitionKind
-from agent.ops.logs import Trouble
+from agent.errors import ConfigError, OutboxError
+from agent.model import Transition, TransitionKind
 from agent.ops.notify import Notifier
-from agent.pipeline.alertlog import AlertLog, Observer, rfc3339
+from agent.ops.snapshot import Snapshot
+from agent.pipeline.alertlog import AlertLog, Observer
 from agent.pipeline.delivery import Delivery
 from agent.pipeline.outbox import AsyncOutbox, Outbox
-from agent.rules import RuleState, evaluate, tick
-from agent.rules.flood import FLOOD, FloodState, admit, flood_tick, forgotten
+from agent.pipeline.runner import OFFLINE, Clock, Machine, MachineRunner
+from agent.pipeline.snapshot import take_snapshot
+from agent.rules.flood import FLOOD
 from agent.sinks.base import Secrets, SinkConfigBase
 from agent.sinks.registry import sink_plugin
-from drivers.base import Driver, PushDriver
+from drivers.base import Driver
 from drivers.registry import Drivers
 
 log = logging.getLogger("andon.runtime")
 
-OFFLINE = "offline"
 FLUSH_TIMEOUT = 5.0
-STABLE_SESSION = 10.0  # seconds a connection must have worked before a loss reconnects at once
-_GOOD = Quality.GOOD
-
-
-@dataclass(frozen=True)
-class Clock:
-    """Wall clock for event times, monotonic clock for intervals. Tests pass their own."""
-
-    wall: Callable[[], float] = time.time
-    monotonic: Callable[[], float] = time.monotonic
-
-
-@dataclass
-class MachineStatus:
-    connected: bool = False
-    offline: bool = False
-    last_good: float | None = None  # wall clock of the last good read
-    reads: int = 0
-    errors: int = 0
-    last_error: str | None = None
-    bad_signals: dict[str, str] = field(default_factory=dict)
-    poll_seconds_sum: float = 0.0
-    poll_count: int = 0
-
-
-Machine = MachineBase
-
-
-def honour_swallowed_cancel() -> None:
-    """Re-raise a cancellation that a library's ``asyncio.wait_for`` swallowed.
-
-    On Python 3.11, ``asyncio.wait_for`` (pymodbus awaits every response with it) drops a
-    cancellation that arrives in the same loop step as the response (CPython gh-86296, fixed in
-    3.12). The task still counts the request, so a poll loop that checks it cannot run on forever
-    after a stop.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-class MachineRunner:
-    """Polls one machine, evaluates its rules and watches for it going offline."""
-
-    def __init__(
-        self,
-        machine: Machine,
-        rules: Sequence[Rule],
-        alerts: AlertLog,
-        *,
-        clock: Clock,
-        driver_factory: Callable[[Machine], Driver],
-        flood: AlertsSection | None = None,
-    ) -> None:
-        self.machine = machine
-        self.rules = list(rules)
-        self._alerts = alerts
-        self._clock = clock
-        self._driver_factory = driver_factory
-        self._units = {s.id: s.unit for s in machine.signals}
-        self._by_signal: dict[str, list[Rule]] = {}
-        for r in self.rules:
-            self._by_signal.setdefault(r.signal, []).append(r)
-            if isinstance(r, StaleRule) and r.only_while is not None and r.only_while != r.signal:
-                self._by_signal.setdefault(r.only_while, []).append(r)
-        self._flood_cfg = flood or AlertsSection()
-        self._flood = FloodState()
-        self._rules_lock = asyncio.Lock()  # the poll and the rule tick take turns with states and commits
-        self._last: dict[str, Sample] = {}  # the last good sample per signal, judged again on each tick
-        self._fresh: set[str] = set()  # signals a poll evaluated since the last tick
-        self.states: dict[str, RuleState] = {}
-        for r in self.rules:
-            a = alerts.active.get(f"{machine.id}/{r.id}")
-            self.states[r.id] = RuleState(active=a.severity, threshold=a.threshold) if a else RuleState()
-        self.status = MachineStatus(offline=f"{machine.id}/{OFFLINE}" in alerts.active)
-        self._last_good_mono = clock.monotonic()  # the offline clock starts when the agent starts
-        self._recovered = asyncio.Event()
-        self._offline_lock = asyncio.Lock()
-        self._conn = Trouble(log, f"machine {machine.id}")
-        self._commit = Trouble(log, f"machine {machine.id}: committing events")
-
-    @property
-    def last_good_monotonic(self) -> float:
-        """Monotonic time of the last good read (the agent's start time before the first one)."""
-        return self._last_good_mono
-
-    @property
-    def outbox_error(self) -> str | None:
-        """Why the last commit of this machine's events failed, while it keeps failing."""
-        return self._commit.last_error
-
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._supervise(), name=f"poll:{self.machine.id}")
-            tg.create_task(self._watch(), name=f"offline:{self.machine.id}")
-            tg.create_task(self._tick_rules(), name=f"rules:{self.machine.id}")
-
-    # -- connection supervision ---------------------------------------------------------------
-
-    async def _supervise(self) -> None:
-        """Connect and poll forever; reconnect with capped, jittered backoff after any failure."""
-        cap = self.machine.reconnect_max
-        while True:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(Exception),
-                wait=wait_exponential_jitter(multiplier=0.25, max=cap, jitter=min(1.0, cap / 4)),
-                stop=stop_never,
-                before_sleep=self._before_sleep,
-            ):
-                with attempt:
-                    await self._session()
-
-    def _before_sleep(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        self.status.connected = False
-        self.status.errors += 1
-        self.status.last_error = str(exc)
-        if isinstance(exc, AndonError):
-            self._conn.fail(exc, "reconnecting with backoff")
-        else:  # a bug: keep the machine alive, but show the traceback once
-            log.exception("machine %s: unexpected error; restarting its poll loop", self.machine.id, exc_info=exc)
-
-    async def _session(self) -> None:
-        """One connection's life. Returns (for an immediate, fresh reconnect) if it had worked for a while.
-
-        A connection that breaks soon after it gave good reads raises instead, so the backoff keeps
-        growing: a device that accepts, answers once and drops never gets a tight reconnect loop.
-        """
-        async with self._driver_factory(self.machine) as driver:
-            self.status.connected = True
-            had_good = False
-            opened = self._clock.monotonic()
-            source = driver.updates() if isinstance(driver, PushDriver) else self._polls(driver)
-            try:
-                async for samples in source:
-                    honour_swallowed_cancel()
-                    had_good = await self.handle(samples) or had_good
-            except ConnectionLost as exc:
-                if not had_good or self._clock.monotonic() - opened < STABLE_SESSION:
-                    raise
-                self.status.connected = False
-                self.status.last_error = str(exc)
-                self._conn.fail(exc, "reconnecting")
-
-    async def _polls(self, driver: Driver) -> AsyncIterator[list[Sample]]:
-        """Read the driver every ``poll_interval`` (missed ticks are skipped, never bunched up)."""
-        interval = self.machine.poll_interval
-        next_tick = self._clock.monotonic()
-        while True:
-            honour_swallowed_cancel()
-            started = self._clock.monotonic()
-            samples = await driver.read()
-            now = self._clock.monotonic()
-            self.status.poll_seconds_sum += now - started
-            self.status.poll_count += 1
-            yield samples
-            next_tick = max(next_tick + interval, now)
-            await asyncio.sleep(next_tick - now)
-
-    # -- samples and rules --------------------------------------------------------------------
-
-    async def handle(self, samples: Sequence[Sample]) -> bool:
-        """Evaluate the rules on one poll's samples and commit the transitions. True if any was good."""
-        now = self._clock.monotonic()
-        self.status.reads += 1
-        good = [s for s in samples if s.quality is _GOOD]  # not .good: a thousand property calls cost
-        bad: dict[str, str] = {}
-        if len(good) < len(samples):
-            bad = {s.signal: s.error or "bad" for s in samples if s.quality is not _GOOD}
-        self.status.bad_signals = bad
-        if good:
-            self._conn.ok("reading again")
-            self.status.last_good = good[0].time
-            self._last_good_mono = now
-            self._recovered.set()
-            if self.status.offline:
-                await self._set_offline(False)
-        async with self._rules_lock:
-            await self._evaluate(good, now, ticked=False)
-        return bool(good)
-
-    async def _evaluate(self, samples: Sequence[Sample], now: float, *, ticked: bool) -> None:
-        """Judge good samples (fresh ones, or on a tick the last ones again); commit what the flood gate passes."""
-        new_states = dict(self.states)
-        transitions: list[Transition] = []
-        by_signal, fresh = self._by_signal, self._fresh
-        for sample in samples:
-            rules = by_signal.get(sample.signal)
-            if not rules:  # most signals of a big machine have no rule: nothing to judge or remember
-                continue
-            self._last[sample.signal] = sample
-            if not ticked:
-                fresh.add(sample.signal)
-            for rule in rules:
-                unit = self._units.get(rule.signal, "")
-                if ticked:
-                    new_states[rule.id], ts = tick(rule, new_states[rule.id], sample, now, self._clock.wall(), unit)
-                else:
-                    new_states[rule.id], ts = evaluate(rule, new_states[rule.id], sample, now, unit)
-                transitions += ts
-        flood, out = admit(self._flood_cfg, self.machine.id, self._flood, transitions, now)
-        if ticked:
-            upstream = {key: a.severity for key, a in self._alerts.active.items()}
-            flood, more = flood_tick(self._flood_cfg, self.machine.id, flood, now, self._clock.wall(), upstream)
-            out += more
-        if out:
-            try:
-                await self._alerts.commit(out)
-            except OutboxError as exc:  # keep the old states: the same transitions come again
-                self._commit.fail(exc, "alerts are held back until the outbox accepts them")
-                return
-            self._commit.ok()
-        self.states = new_states
-        self._flood = flood
-
-    async def _tick_rules(self) -> None:
-        """Every poll_interval, judge again the last good value of each signal no poll brought since.
-
-        Off-delays, repeats, staleness and forecasts depend on time passing, and a subscription
-        delivers a value only when it changes. Not while the machine is offline or a signal reads
-        bad (its value is then unknown); the flood gate's clock runs always.
-        """
-        key = f"{self.machine.id}/{FLOOD}"
-        if key in self._alerts.active:  # a flood from before a restart or reload: its tracking starts afresh
-            with contextlib.suppress(OutboxError):
-                await self._alerts.commit(
-                    [forgotten(self.machine.id, self._alerts.active[key].severity, self._clock.wall())]
-                )
-        failing = False
-        while True:
-            await asyncio.sleep(self.machine.poll_interval)
-            try:
-                async with self._rules_lock:
-                    skip = self._fresh | set(self.status.bad_signals)
-                    due = [s for sig, s in self._last.items() if sig not in skip]
-                    if self.status.offline or not self.status.connected:
-                        due = []
-                    self._fresh.clear()
-                    await self._evaluate(due, self._clock.monotonic(), ticked=True)
-            except Exception:  # a bug must not stop the machine's polling: show it once, keep ticking
-                if not failing:
-                    log.exception("machine %s: evaluating the rules on the clock tick failed", self.machine.id)
-                failing = True
-            else:
-                if failing:
-                    log.info("machine %s: the rule tick works again", self.machine.id)
-                failing = False
-
-    # -- offline ------------------------------------------------------------------------------
-
-    async def _watch(self) -> None:
-        """Raise ``<machine>/offline`` when no good read came for ``offline_after``."""
-        limit = self.machine.offline_after
-        while True:
-            remaining = self._last_good_mono + limit - self._clock.monotonic()
-            if remaining > 0:
-                await asyncio.sleep(remaining)
-                continue
-            if not self.status.offline:
-                await self._set_offline(True)
-            self._recovered.clear()
-            await self._recovered.wait()
-
-    async def _set_offline(self, offline: bool) -> None:
-        async with self._offline_lock:
-            if self.status.offline == offline:
-                return
-            m = self.machine
-            if offline:
-                since = f" since {rfc3339(self.status.last_good)}" if self.status.last_good else ""
-                why = f" ({self.status.last_error})" if self.status.last_error else ""
-                message = (
-                    f"{m.id} is not answering{since}{why}: check its power, cable and network; "
-                    "the agent keeps reconnecting"
-                )
-            else:
-                message = f"{m.id} is answering again"
-            t = Transition(
-                machine=m.id,
-                rule=OFFLINE,
-                signal=None,
-                kind=TransitionKind.RAISED if offline else TransitionKind.CLEARED,
-                severity=Severity.parse(m.offline_severity),
-                value=None,
-                threshold=m.offline_after,
-                message=message,
-                time=self._clock.wall(),
-            )
-            try:
-                await self._alerts.commit([t])
-            except OutboxError as exc:
-                self._commit.fail(exc, "the offline alert is held back until the outbox accepts it")
-                return
-            self.status.offline = offline
 
 
 class Agent:
@@ -385,6 +89,10 @@ class Agent:
     @property
     def deliveries(self) -> list[Delivery]:
         return [s.delivery for s in self._sinks.values()]
+
+    async def snapshot(self) -> Snapshot:
+        """What the agent is doing now (for /healthz, /metrics and /status)."""
+        return await take_snapshot(self)
 
     def request_reload(self) -> None:
         """Re-read the config file soon (what SIGHUP does)."""
@@ -462,7 +170,7 @@ class Agent:
         from agent.ops.status import StatusServer  # prometheus-client only when it is used
 
         try:
-            status = await stack.enter_async_context(StatusServer(self, listen))
+            status = await stack.enter_async_context(StatusServer(self.snapshot, listen))
         except OSError as exc:
             log.error("status endpoints are off: cannot listen on %s (%s); alerting goes on", listen, exc)
             return

@@ -1,0 +1,150 @@
+"""Taking a :class:`~agent.ops.snapshot.Snapshot` of the running agent: machines, alerts, outbox, sinks.
+
+Read-only: it looks at the runners' and deliveries' counters and reads the outbox on its worker
+thread. :meth:`agent.pipeline.supervisor.Agent.snapshot` calls it for the status endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from agent.config.schema import Config
+from agent.ops.snapshot import MachineView, SinkView, Snapshot
+from agent.pipeline.alertlog import AlertLog, rfc3339
+from agent.pipeline.delivery import Delivery
+from agent.pipeline.outbox import AsyncOutbox
+from agent.pipeline.runner import Clock, MachineRunner
+
+
+class Running(Protocol):
+    """What a snapshot looks at (the :class:`~agent.pipeline.supervisor.Agent` is one)."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def machines(self) -> Sequence[MachineRunner]: ...
+    @property
+    def deliveries(self) -> Sequence[Delivery]: ...
+    @property
+    def outbox(self) -> AsyncOutbox | None: ...
+    @property
+    def alerts(self) -> AlertLog | None: ...
+
+
+def _machine(runner: MachineRunner, now_mono: float, problems: list[str]) -> MachineView:
+    """One machine's view; a machine that stopped reading (and is not known offline) is a problem."""
+    st, m = runner.status, runner.machine
+    fresh = now_mono - runner.last_good_monotonic <= m.offline_after + m.poll_interval + m.timeout
+    healthy = fresh or st.offline
+    if not healthy:
+        problems.append(f"machine {m.id}: no good read for {now_mono - runner.last_good_monotonic:.0f}s")
+    if runner.outbox_error:
+        problems.append(f"machine {m.id}: events cannot be committed: {runner.outbox_error}")
+    return MachineView(
+        id=m.id,
+        protocol=m.protocol,
+        connected=st.connected,
+        offline=st.offline,
+        healthy=healthy,
+        last_good_read=rfc3339(st.last_good) if st.last_good else None,
+        reads=st.reads,
+        errors=st.errors,
+        last_error=st.last_error,
+        bad_signals=dict(st.bad_signals),
+        poll_seconds_sum=st.poll_seconds_sum,
+        poll_count=st.poll_count,
+    )
+
+
+def _sink(d: Delivery, pending: int) -> SinkView:
+    return SinkView(
+        id=d.sink.id,
+        url=getattr(d.sink, "url", ""),
+        up=d.last_error is None,
+        pending=pending,
+        delivered=d.delivered,
+        rejected=d.rejected,
+        failures=d.failures,
+        last_success=rfc3339(d.last_success) if d.last_success else None,
+        last_error=d.last_error,
+        send_seconds_sum=d.send_seconds_sum,
+        send_count=d.send_count,
+    )
+
+
+def _event_time(body: bytes) -> float | None:
+    try:
+        return datetime.fromisoformat(json.loads(body)["time"]).timestamp()
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def _outbox_and_sinks(
+    ob: AsyncOutbox, deliveries: Sequence[Delivery], now: float, problems: list[str]
+) -> tuple[dict[str, Any], list[SinkView]]:
+    """The outbox's figures and each sink's view (the oldest event waiting for any sink gives the age)."""
+    stats = await ob.call(ob.sync.stats)
+    outbox: dict[str, Any] = {
+        "events": stats.events,
+        "bytes": stats.bytes,
+        "dropped": stats.dropped,
+        "dead_letters": stats.dead_letters,
+        "disk_full": stats.disk_full,
+        "write_errors": stats.write_errors,
+    }
+    if stats.disk_full:
+        problems.append("outbox: the disk is full, new events cannot be stored")
+    oldest: float | None = None
+    sinks: list[SinkView] = []
+    for d in deliveries:
+        pending = await ob.call(ob.sync.depth, d.sink.id)
+        head = await ob.call(ob.sync.pending, d.sink.id, 1)
+        if head:
+            born = _event_time(head[0].body)
+            oldest = born if oldest is None or (born is not None and born < oldest) else oldest
+        sinks.append(_sink(d, pending))
+    outbox["oldest_event_age_seconds"] = None if oldest is None else max(0.0, now - oldest)
+    return outbox, sinks
+
+
+_NO_OUTBOX: dict[str, Any] = {
+    "events": 0,
+    "bytes": 0,
+    "dropped": 0,
+    "dead_letters": 0,
+    "disk_full": False,
+    "write_errors": 0,
+    "oldest_event_age_seconds": None,
+}
+
+
+async def take_snapshot(agent: Running) -> Snapshot:
+    """What the agent is doing now. Reads the outbox on its worker thread."""
+    now_mono, now = agent.clock.monotonic(), agent.clock.wall()
+    problems: list[str] = []
+    machines = [_machine(runner, now_mono, problems) for runner in agent.machines]
+    outbox, sinks = dict(_NO_OUTBOX), list[SinkView]()
+    if agent.outbox is not None:
+        outbox, sinks = await _outbox_and_sinks(agent.outbox, agent.deliveries, now, problems)
+    alerts = [
+        {"alert": a.key, "severity": a.severity.label, "message": a.message, "since": rfc3339(a.since)}
+        for a in (agent.alerts.active.values() if agent.alerts else ())
+    ]
+    return Snapshot(
+        gateway=agent.cfg.agent.gateway_id,
+        site=agent.cfg.agent.site,
+        uptime_seconds=now_mono - agent.started_at,
+        healthy=not problems,
+        problems=problems,
+        machines=machines,
+        alerts=alerts,
+        outbox=outbox,
+        sinks=sinks,
+    )
