@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.cli import summary
+from agent.cli.check import summary
 from agent.config import Config, parse_config
 from agent.errors import ConfigError, ConnectionLost
 from agent.model import Quality

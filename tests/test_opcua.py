@@ -409,7 +409,7 @@ async def main():
         drivers(m)
     await drivers.aclose()
 asyncio.run(main())
-from agent.cli import summary
+from agent.cli.check import summary
 summary(cfg)
 assert "asyncua" not in sys.modules, "asyncua was imported"
 import drivers.opcua.values
@@ -543,7 +543,7 @@ async def test_check_connect_shows_type_and_value_of_every_node(
 
 
 def test_check_summary_says_how_each_opcua_machine_is_read() -> None:
-    from agent.cli import summary
+    from agent.cli.check import summary
 
     secure = OK | {
         "security_policy": "Aes128Sha256RsaOaep",

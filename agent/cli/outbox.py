@@ -20,28 +20,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.cli.common import EXIT_FATAL, EXIT_OK, add_config_option, config_error, read_config
 from agent.config import Config
 from agent.errors import ConfigError, Rejected, RetryLater
 from agent.model import Severity, StoredEvent
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_FAILED = EXIT_FATAL
 BUSY_TIMEOUT_MS = 10_000
 
 
-def add_outbox_parser(sub: Any) -> None:
-    """Register the ``outbox`` subcommand on ``main``'s subparsers."""
-    p = sub.add_parser(
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
         "outbox",
         help="show the outbox's queue and dead letters; retry or purge dead letters (safe while the agent runs)",
     )
     p.add_argument("action", nargs="?", choices=["show", "retry", "purge"], default="show")
-    p.add_argument("--config", "-c", help="config file (default: $ANDON_CONFIG)")
+    add_config_option(p)
     p.add_argument("--sink", help="only this sink's dead letters")
     p.add_argument("--seq", type=int, action="append", help="only the dead letter with this seq (repeatable)")
     p.add_argument("--events", type=int, default=0, metavar="N", help="show: also list the N oldest queued events")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="show: list at most N dead letters (20)")
     p.add_argument("--yes", action="store_true", help="purge: really delete them")
     p.add_argument("--json", action="store_true", help="show: print one JSON object")
+    return p
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -246,8 +247,12 @@ async def _retry(db: sqlite3.Connection, cfg: Config, args: argparse.Namespace) 
     return status
 
 
-def run_outbox(args: argparse.Namespace, cfg: Config) -> int:
+def run(args: argparse.Namespace) -> int:
     """The ``outbox`` subcommand. Exit status 0 when done, 1 when something was left undone."""
+    try:
+        _, cfg = read_config(args)
+    except ConfigError as exc:
+        return config_error(exc)
     path = cfg.agent.state_dir / "outbox.db"
     try:
         db = _connect(path)
@@ -261,8 +266,7 @@ def run_outbox(args: argparse.Namespace, cfg: Config) -> int:
             try:
                 return asyncio.run(_retry(db, cfg, args))
             except ConfigError as exc:
-                print(f"andon-agent: config error: {exc}", file=sys.stderr)
-                return 2
+                return config_error(exc)
         summary = summarize(db, cfg, args)
         if args.json:
             print(json.dumps(summary, indent=2))
