@@ -103,41 +103,10 @@ class Agent:
         secrets = _secrets(cfg)  # ConfigError before anything starts
         cfg.agent.state_dir.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
-            if self._driver_factory is None:
-                shared = Drivers()
-                stack.push_async_callback(shared.aclose)
-                self._driver_factory = shared
-            self.outbox = outbox = await stack.enter_async_context(self._make_outbox(cfg))
-            await outbox.call(outbox.sync.set_sinks, [s.id for s in cfg.sinks])
-            self.alerts = AlertLog(
-                outbox,
-                gateway=cfg.agent.gateway_id,
-                site=cfg.agent.site,
-                on_commit=[self._wake_deliveries],
-                observers=self._observers,
-            )
-            await self.alerts.load()
-            await self._clear_orphans(self.alerts)
+            await self._open(stack, cfg)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                for sink_cfg, sink_secrets in zip(cfg.sinks, secrets, strict=True):
-                    await self._start_sink(sink_cfg, sink_secrets)
-                for machine in cfg.machines:
-                    self._start_machine(machine)
-                if cfg.status.listen:
-                    await self._start_status(stack, cfg.status.listen)
-                watchdog = tg.create_task(self._notifier.watchdog(), name="watchdog")
-                log.info(
-                    "agent %s started: %d machine(s), %d rule(s), %d sink(s), %d event(s) waiting in the outbox%s",
-                    cfg.agent.gateway_id,
-                    len(cfg.machines),
-                    len(cfg.rules),
-                    len(cfg.sinks),
-                    outbox.sync.depth(),
-                    f", status on {cfg.status.listen}" if cfg.status.listen else "",
-                )
-                self._notifier.send(READY="1", STATUS=f"watching {len(cfg.machines)} machine(s)")
-                self.started.set()
+                watchdog = await self._start(stack, cfg, secrets)
                 while not stop.is_set():
                     await _first(stop.wait(), self._reload.wait())
                     if self._reload.is_set() and not stop.is_set():
@@ -150,18 +119,65 @@ class Agent:
                     await self._stop_machine(machine_id)
                 await asyncio.gather(*(self._stop_sink_task(s) for s in self._sinks.values()))
                 watchdog.cancel()
-            for running in self._sinks.values():
-                try:
-                    async with asyncio.timeout(FLUSH_TIMEOUT):
-                        await running.delivery.flush()
-                except (TimeoutError, OutboxError) as exc:
-                    log.warning(
-                        "sink %s: final delivery cut short (%s); the rest waits in the outbox",
-                        running.delivery.sink.id,
-                        exc or "timeout",
-                    )
-                await running.stack.aclose()
+            await self._flush_sinks()
         log.info("stopped")
+
+    async def _open(self, stack: contextlib.AsyncExitStack, cfg: Config) -> None:
+        """The drivers' factory, the outbox and the alert log (its state loaded, orphans cleared)."""
+        if self._driver_factory is None:
+            shared = Drivers()
+            stack.push_async_callback(shared.aclose)
+            self._driver_factory = shared
+        self.outbox = outbox = await stack.enter_async_context(self._make_outbox(cfg))
+        await outbox.call(outbox.sync.set_sinks, [s.id for s in cfg.sinks])
+        self.alerts = AlertLog(
+            outbox,
+            gateway=cfg.agent.gateway_id,
+            site=cfg.agent.site,
+            on_commit=[self._wake_deliveries],
+            observers=self._observers,
+        )
+        await self.alerts.load()
+        await self._clear_orphans(self.alerts)
+
+    async def _start(
+        self, stack: contextlib.AsyncExitStack, cfg: Config, secrets: Sequence[Secrets]
+    ) -> asyncio.Task[None]:
+        """Start the sinks, the machines, the status endpoints and the watchdog (returned); say READY."""
+        assert self._tg is not None and self.outbox is not None
+        for sink_cfg, sink_secrets in zip(cfg.sinks, secrets, strict=True):
+            await self._start_sink(sink_cfg, sink_secrets)
+        for machine in cfg.machines:
+            self._start_machine(machine)
+        if cfg.status.listen:
+            await self._start_status(stack, cfg.status.listen)
+        watchdog = self._tg.create_task(self._notifier.watchdog(), name="watchdog")
+        log.info(
+            "agent %s started: %d machine(s), %d rule(s), %d sink(s), %d event(s) waiting in the outbox%s",
+            cfg.agent.gateway_id,
+            len(cfg.machines),
+            len(cfg.rules),
+            len(cfg.sinks),
+            self.outbox.sync.depth(),
+            f", status on {cfg.status.listen}" if cfg.status.listen else "",
+        )
+        self._notifier.send(READY="1", STATUS=f"watching {len(cfg.machines)} machine(s)")
+        self.started.set()
+        return watchdog
+
+    async def _flush_sinks(self) -> None:
+        """One last delivery attempt per sink (bounded by FLUSH_TIMEOUT), then close each sink."""
+        for running in self._sinks.values():
+            try:
+                async with asyncio.timeout(FLUSH_TIMEOUT):
+                    await running.delivery.flush()
+            except (TimeoutError, OutboxError) as exc:
+                log.warning(
+                    "sink %s: final delivery cut short (%s); the rest waits in the outbox",
+                    running.delivery.sink.id,
+                    exc or "timeout",
+                )
+            await running.stack.aclose()
 
     # -- building blocks ----------------------------------------------------------------------
 
@@ -250,24 +266,9 @@ class Agent:
                 log.warning("reload: changes to [%s] take effect after a restart", section)
         new = new.model_copy(update={"agent": old.agent, "outbox": old.outbox, "status": old.status})
         new_secrets = {s.id: secret for s, secret in zip(new.sinks, secrets, strict=True)}
-        new_sinks = {s.id: s for s in new.sinks}
-        for sink_id, running in list(self._sinks.items()):
-            if new_sinks.get(sink_id) != running.config or new_secrets.get(sink_id) != running.secrets:
-                await self._stop_sink_task(running)
-                await running.stack.aclose()
-                del self._sinks[sink_id]
-        assert self.outbox is not None and self.alerts is not None
-        await self.outbox.call(self.outbox.sync.set_sinks, list(new_sinks))
-
-        def rules_of(cfg: Config, machine_id: str) -> list[Rule]:
-            return [r for r in cfg.rules if r.machine == machine_id]
-
-        new_machines = {m.id: m for m in new.machines}
-        for machine_id, (runner, _) in list(self._machines.items()):
-            kept = new_machines.get(machine_id)
-            if kept != runner.machine or rules_of(new, machine_id) != rules_of(old, machine_id):
-                await self._stop_machine(machine_id)  # restarted below; active alerts come back from the outbox
+        await self._stop_changed(old, new, new_secrets)
         self.cfg = new
+        assert self.alerts is not None
         await self._clear_orphans(self.alerts)
         for sink_cfg in new.sinks:
             if sink_cfg.id not in self._sinks:
@@ -286,6 +287,27 @@ class Agent:
             len(new.sinks),
         )
         self._notifier.send(READY="1", STATUS=f"watching {len(new.machines)} machine(s)")
+
+    async def _stop_changed(self, old: Config, new: Config, new_secrets: dict[str, Secrets]) -> None:
+        """Stop the sinks and machines that the new config changes or drops (the changed ones restart
+        afterwards; a machine's active alerts come back from the outbox)."""
+        new_sinks = {s.id: s for s in new.sinks}
+        for sink_id, running in list(self._sinks.items()):
+            if new_sinks.get(sink_id) != running.config or new_secrets.get(sink_id) != running.secrets:
+                await self._stop_sink_task(running)
+                await running.stack.aclose()
+                del self._sinks[sink_id]
+        assert self.outbox is not None
+        await self.outbox.call(self.outbox.sync.set_sinks, list(new_sinks))
+
+        def rules_of(cfg: Config, machine_id: str) -> list[Rule]:
+            return [r for r in cfg.rules if r.machine == machine_id]
+
+        new_machines = {m.id: m for m in new.machines}
+        for machine_id, (runner, _) in list(self._machines.items()):
+            kept = new_machines.get(machine_id)
+            if kept != runner.machine or rules_of(new, machine_id) != rules_of(old, machine_id):
+                await self._stop_machine(machine_id)
 
     async def _clear_orphans(self, alerts: AlertLog) -> None:
         """Clear active alerts whose machine or rule is no longer in the config."""

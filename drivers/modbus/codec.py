@@ -227,36 +227,42 @@ def encode(
         raise CodecError(f"{type}: length is only for type 'string'")
 
     if type == "string":
-        if not isinstance(value, str):
-            raise CodecError(f"string: expected a str, got {value!r}")
-        text = value.encode("utf-8")
-        count = register_count("string", length) if length is not None else max(1, (len(text) + 1) // 2)
-        if len(text) > 2 * count:
-            room = f"{count} register(s) hold {2 * count}"
-            raise CodecError(f"string: {value!r} needs {len(text)} bytes; {room}")
-        return _from_bytes(text.ljust(2 * count, b"\x00"), byte_order)
-
+        return _from_bytes(_string_bytes(value, length), byte_order)
     if type == "bool":
         if not isinstance(value, bool):
             raise CodecError(f"bool: expected a bool, got {value!r}")
         return _from_bytes(b"\x00\x01" if value else b"\x00\x00", byte_order)
+    return _from_bytes(_number_bytes(value, type), byte_order)
 
+
+def _string_bytes(value: Value, length: int | None) -> bytes:
+    """A str as UTF-8, NUL-padded to ``length`` registers (or the fewest that hold it)."""
+    if not isinstance(value, str):
+        raise CodecError(f"string: expected a str, got {value!r}")
+    text = value.encode("utf-8")
+    count = register_count("string", length) if length is not None else max(1, (len(text) + 1) // 2)
+    if len(text) > 2 * count:
+        room = f"{count} register(s) hold {2 * count}"
+        raise CodecError(f"string: {value!r} needs {len(text)} bytes; {room}")
+    return text.ljust(2 * count, b"\x00")
+
+
+def _number_bytes(value: Value, type: SignalType) -> bytes:
+    """A number of an integer or float type, big-endian, checked against the type's range."""
     fmt = _NUMERIC[type][0]
     if type in _FLOATS:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise CodecError(f"{type}: expected a number, got {value!r}")
         try:
-            data = struct.pack(">" + fmt, value)
+            return struct.pack(">" + fmt, value)
         except (OverflowError, struct.error) as exc:
             raise CodecError(f"{type}: {value!r} is out of range ({exc})") from None
-        return _from_bytes(data, byte_order)
-
     if isinstance(value, bool) or not isinstance(value, int):
         raise CodecError(f"{type}: expected an int, got {value!r}")
     low, high = _INT_RANGES[type]
     if not low <= value <= high:
         raise CodecError(f"{type}: {value} is out of range {low}..{high}")
-    return _from_bytes(struct.pack(">" + fmt, value), byte_order)
+    return struct.pack(">" + fmt, value)
 
 
 def scaled(raw: Value, scale: float, offset: float) -> Value:

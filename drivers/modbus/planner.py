@@ -151,13 +151,19 @@ def plan_reads(
     Raises :class:`ValueError` for a span longer than its table's limit, duplicate keys, a negative
     ``max_gap``, or limits outside 1..125 registers / 1..2000 bits.
     """
+    spans = list(spans)
+    _check_limits(spans, max_gap, max_registers, max_bits)
+    keep, _, refused_by_table = _split_out(spans, refused)
+    return _merge(keep, refused_by_table, max_gap, max_registers, max_bits)
+
+
+def _check_limits(spans: Sequence[Span], max_gap: int, max_registers: int, max_bits: int) -> None:
     if max_gap < 0:
         raise ValueError(f"max_gap must be >= 0, not {max_gap}")
     if not 1 <= max_registers <= MAX_REGISTERS:
         raise ValueError(f"max_registers must be 1..{MAX_REGISTERS}, not {max_registers}")
     if not 1 <= max_bits <= MAX_BITS:
         raise ValueError(f"max_bits must be 1..{MAX_BITS}, not {max_bits}")
-    spans = list(spans)
     for span in spans:
         bits = span.table in _BIT_TABLES
         limit = max_bits if bits else max_registers
@@ -167,8 +173,12 @@ def plan_reads(
                 f"span {span.key!r} ({span.table} {span.address}, {span.count} {unit}) "
                 f"is longer than one read may be ({limit} {unit})"
             )
-    keep, _, refused_by_table = _split_out(spans, refused)
 
+
+def _merge(
+    keep: Sequence[Span], refused_by_table: Mapping[str, list[int]], max_gap: int, max_registers: int, max_bits: int
+) -> list[ReadRequest]:
+    """The greedy of :func:`plan_reads` over spans sorted by table, address, end and key."""
     requests: list[ReadRequest] = []
     start = stop = 0
     keys: list[str] = []

@@ -21,7 +21,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -451,32 +451,8 @@ class OpcuaSubscriptionDriver(OpcuaDriver):
     async def updates(self) -> AsyncIterator[list[Sample]]:
         m = self.machine
         client = self._alive()
-        params = subscription_parameters(m)
-        signal_of = [i for i, node in enumerate(self._nodes) if node is not None]  # per valid node
-        nodes = self._valid
-        items: list[int | ua.StatusCode] = []
-        try:
-            async with asyncio.timeout(connect_budget(m)):
-                # Not client.create_subscription(): on a revised publishing interval it would raise the
-                # keep-alive count to 75 % of the session timeout (a keep-alive every 45 s), and its
-                # stale-subscription watchdog would re-create the subscription behind our back.
-                sub = Subscription(client.uaclient.session, params, self._inbox)
-                self.revised = revised = await sub.init()
-                for chunk in _chunks(nodes, self._max_items):
-                    items += await sub.subscribe_data_change(
-                        chunk, sampling_interval=ua.Double(m.poll_interval * 1000.0), queuesize=10
-                    )
-        except NETWORK_ERRORS as exc:
-            raise ConnectionLost(m.id, f"cannot subscribe: {_why(exc)}") from exc
-        subscribed, sub_id = time.monotonic(), sub.subscription_id
-        stale_after = self.stale_after = stale_limit(m, revised)
-        index: dict[Any, list[int]] = {}  # node id -> the signals its monitored item updates
-        refused: dict[int, str] = {}  # signal -> why the server refused its monitored item
-        for i, node, created in zip(signal_of, nodes, items, strict=True):
-            if isinstance(created, ua.StatusCode):
-                refused[i] = created.name
-            else:
-                index.setdefault(node.nodeid, []).append(i)
+        sub, index, refused = await self._subscribe(client)
+        subscribed, sub_id, stale_after = time.monotonic(), sub.subscription_id, self.stale_after
         readings = await self._read_all(client)
         for i, why in refused.items():  # no item, no updates: bad, never a frozen value
             if readings[i][0] is None:
@@ -499,22 +475,61 @@ class OpcuaSubscriptionDriver(OpcuaDriver):
             except TimeoutError:
                 yield self._samples(readings, time.time())  # nothing changed: the latest values again
                 continue
-            changed: set[int] = set()
-            while True:
-                kind, what, dv = item
-                if kind == "lost":
-                    raise ConnectionLost(m.id, str(what))
-                if kind == "status":
-                    name = what.name if isinstance(what, ua.StatusCode) else str(what)
-                    raise ConnectionLost(m.id, f"subscription status {name}")
-                for i in index.get(what, ()):
-                    if i in changed:  # a second change of one signal: send the first one on its own
-                        yield self._samples(readings, time.time())
-                        changed.clear()
-                    readings[i] = status_and_value(dv)
-                    changed.add(i)
-                try:
-                    item = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-            yield self._samples(readings, time.time())
+            for samples in self._take(item, readings, index):
+                yield samples
+
+    async def _subscribe(self, client: Client) -> tuple[Subscription, dict[Any, list[int]], dict[int, str]]:
+        """Subscribe to every valid node: the subscription, node id -> the signals its monitored item
+        updates, and signal -> why the server refused its monitored item."""
+        m = self.machine
+        signal_of = [i for i, node in enumerate(self._nodes) if node is not None]  # per valid node
+        nodes = self._valid
+        items: list[int | ua.StatusCode] = []
+        try:
+            async with asyncio.timeout(connect_budget(m)):
+                # Not client.create_subscription(): on a revised publishing interval it would raise the
+                # keep-alive count to 75 % of the session timeout (a keep-alive every 45 s), and its
+                # stale-subscription watchdog would re-create the subscription behind our back.
+                sub = Subscription(client.uaclient.session, subscription_parameters(m), self._inbox)
+                self.revised = revised = await sub.init()
+                for chunk in _chunks(nodes, self._max_items):
+                    items += await sub.subscribe_data_change(
+                        chunk, sampling_interval=ua.Double(m.poll_interval * 1000.0), queuesize=10
+                    )
+        except NETWORK_ERRORS as exc:
+            raise ConnectionLost(m.id, f"cannot subscribe: {_why(exc)}") from exc
+        self.stale_after = stale_limit(m, revised)
+        index: dict[Any, list[int]] = {}
+        refused: dict[int, str] = {}
+        for i, node, created in zip(signal_of, nodes, items, strict=True):
+            if isinstance(created, ua.StatusCode):
+                refused[i] = created.name
+            else:
+                index.setdefault(node.nodeid, []).append(i)
+        return sub, index, refused
+
+    def _take(
+        self, item: tuple[str, Any, Any], readings: list[tuple[str | None, Any]], index: dict[Any, list[int]]
+    ) -> Iterator[list[Sample]]:
+        """Apply ``item`` and every notification waiting behind it to ``readings``; yield the samples
+        (also before a second change of one signal, so no change is merged away)."""
+        m, queue = self.machine, self._inbox.queue
+        changed: set[int] = set()
+        while True:
+            kind, what, dv = item
+            if kind == "lost":
+                raise ConnectionLost(m.id, str(what))
+            if kind == "status":
+                name = what.name if isinstance(what, ua.StatusCode) else str(what)
+                raise ConnectionLost(m.id, f"subscription status {name}")
+            for i in index.get(what, ()):
+                if i in changed:  # a second change of one signal: send the first one on its own
+                    yield self._samples(readings, time.time())
+                    changed.clear()
+                readings[i] = status_and_value(dv)
+                changed.add(i)
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+        yield self._samples(readings, time.time())
