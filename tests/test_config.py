@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from pydantic import BaseModel
@@ -145,6 +146,7 @@ _MODELS: list[type[BaseModel]] = [
     HttpSinkConfig,
     # and whatever the plugin lists add
     *(p.config for p in PROTOCOLS),
+    *(signal for p in PROTOCOLS for signal in get_args(p.config.model_fields["signals"].annotation)),
     *(s.config for s in SINKS),
 ]
 _ALL_KEYS = sorted({f.alias or name for model in _MODELS for name, f in model.model_fields.items()})
