@@ -14,7 +14,9 @@ catch these::
     ├── OutboxError            the durable outbox could not be read or written
     └── DeliveryError          a sink could not deliver a batch
         ├── RetryLater         transient (timeout, 5xx, 408, 429): same events again later
+        │                      (``accepted``: how many of the batch's first events were taken)
         └── Rejected           the receiver refused the events (other 4xx): set them aside
+                               (``accepted`` n: the first n were taken and batch[n] was refused)
 
 ``retryable`` says whether trying again later can help. A device that answers with an error (a
 Modbus exception, a Bad OPC UA status) is not an exception: its samples come back bad-quality.
@@ -58,18 +60,30 @@ class DeliveryError(AndonError):
 
 
 class RetryLater(DeliveryError):
-    """Transient failure: send the same events again later (after ``retry_after`` if given)."""
+    """Transient failure: send the same events again later (after ``retry_after`` if given).
+
+    ``accepted``: the first ``accepted`` events of the batch were accepted before the failure (a
+    sink that sends one request per event); delivery settles them and sends only the rest again.
+    """
 
     retryable = True
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, *, accepted: int = 0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.accepted = accepted
 
 
 class Rejected(DeliveryError):
-    """The receiver refused the batch (a 4xx other than 408/429)."""
+    """The receiver refused events (400, 422).
 
-    def __init__(self, message: str, status: int) -> None:
+    ``accepted`` None: the batch as a whole was refused and which of its events are bad is unknown
+    (delivery splits it to find them). ``accepted`` n: the first n events were accepted and the
+    receiver refused exactly the next one, ``batch[n]`` (a sink that sends one request per event);
+    the events after it were not tried.
+    """
+
+    def __init__(self, message: str, status: int, *, accepted: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.accepted = accepted

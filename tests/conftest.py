@@ -16,6 +16,7 @@ import pytest
 from agent.config import Config, parse_config
 from agent.demo.receiver import Receiver
 from drivers.modbus.sim import SimulatedMachine
+from tests.fake_services import FakeNtfy, FakePagerDuty
 
 if TYPE_CHECKING:
     from tests.opcua_fixtures import OpcuaSim
@@ -43,6 +44,36 @@ async def opcua(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Opcua
 async def receiver() -> AsyncIterator[Receiver]:
     async with Receiver() as r:
         yield r
+
+
+@pytest.fixture(scope="session")
+async def ntfy_session() -> AsyncIterator[FakeNtfy]:
+    server = FakeNtfy()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def ntfy(ntfy_session: FakeNtfy) -> FakeNtfy:
+    """The session's fake ntfy server, reset for this test (see tests/fake_services.py)."""
+    ntfy_session.reset()
+    return ntfy_session
+
+
+@pytest.fixture(scope="session")
+async def pagerduty_session() -> AsyncIterator[FakePagerDuty]:
+    server = FakePagerDuty()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def pagerduty(pagerduty_session: FakePagerDuty) -> FakePagerDuty:
+    """The session's fake PagerDuty Events API, reset for this test."""
+    pagerduty_session.reset()
+    return pagerduty_session
 
 
 def machine_doc(mid: str, port: int, signals: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

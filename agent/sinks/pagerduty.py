@@ -1,0 +1,145 @@
+"""The ``pagerduty`` sink: the on-call rota, through PagerDuty's Events API v2.
+
+Each event is one ``POST`` of a JSON body (:func:`pagerduty_events`, pure): ``raised`` and ``updated``
+trigger (or update) the alert's incident, ``cleared`` resolves it and ``acknowledged`` acknowledges
+it, all with the ``dedup_key`` ``<gateway_id>/<alert>``. ``andon.test`` (``send-test``) triggers an
+``info`` incident with the key ``<gateway_id>/_gateway/test`` and resolves it at once: proof that
+the routing key reaches the service, closed before anyone has to act on it.
+
+Answers (:func:`judge`): 2xx (PagerDuty answers 202) accepts. 400 refuses that one event (set aside)
+- except a 400 about the ``routing_key``, which is the configuration's fault; so does 413 (an event
+too large on its own). 429, 408, 5xx and
+connection errors: the same event again later, with backoff. Every other 4xx is the endpoint's
+fault (a wrong ``url``): the events wait. The routing key is never logged, never shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from agent.errors import Rejected, RetryLater
+from agent.model import StoredEvent
+from agent.sinks.http import parse_retry_after
+from agent.sinks.posting import PER_EVENT_BATCH, error_text, post_each
+
+DEFAULT_URL = "https://events.pagerduty.com/v2/enqueue"
+MAX_SUMMARY = 1024
+MAX_DEDUP_KEY = 255
+SEVERITIES = frozenset({"critical", "error", "warning", "info"})
+OWN_KINDS = {"offline": "offline", "flood": "flood"}  # the agent's own alerts' rule ids are their class
+
+_RAISED, _UPDATED, _CLEARED, _ACK = (f"andon.alert.{t}" for t in ("raised", "updated", "cleared", "acknowledged"))
+_TEST = "andon.test"
+TEST_ALERT = "_gateway/test"
+
+
+def dedup_key(gateway: str, alert: str) -> str:
+    """``<gateway_id>/<alert>``; a key over PagerDuty's 255 characters keeps its start and gains a hash."""
+    key = f"{gateway}/{alert}"
+    if len(key) <= MAX_DEDUP_KEY:
+        return key
+    return key[: MAX_DEDUP_KEY - 17] + "#" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _trigger(
+    event: Mapping[str, Any], data: Mapping[str, Any], routing_key: str, key: str, klass: str
+) -> dict[str, Any]:
+    severity = str(data.get("severity") or "info")
+    summary = str(data.get("message") or f"{data.get('alert') or event.get('subject')} is {severity}")
+    payload: dict[str, Any] = {
+        "summary": summary[:MAX_SUMMARY],
+        "source": str(data.get("gateway") or key.split("/", 1)[0]),
+        "severity": severity if severity in SEVERITIES else "error",
+        "timestamp": event.get("time"),
+        "component": data.get("machine"),
+        "group": data.get("site"),
+        "class": klass,
+        "custom_details": dict(data),
+    }
+    payload = {k: v for k, v in payload.items() if v is not None}  # PagerDuty wants strings or nothing
+    return {"routing_key": routing_key, "event_action": "trigger", "dedup_key": key, "payload": payload}
+
+
+def pagerduty_events(
+    event: Mapping[str, Any], *, routing_key: str, gateway: str, kinds: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The Events API v2 bodies of one event (a CloudEvent as the sink gets it), in order. Pure.
+
+    ``kinds`` maps rule ids to their kind (``payload.class``). An event type the sink does not map
+    gives no body.
+    """
+    kind = str(event.get("type", ""))
+    raw = event.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    source = str(data.get("gateway") or gateway)
+    if kind == _TEST:
+        key = dedup_key(source, TEST_ALERT)
+        test = {**data, "severity": "info", "message": data.get("message") or f"andon-agent test from {source}"}
+        return [
+            _trigger(event, test, routing_key, key, "test"),
+            {"routing_key": routing_key, "event_action": "resolve", "dedup_key": key},
+        ]
+    key = dedup_key(source, str(event.get("subject") or data.get("alert") or ""))
+    if kind in (_RAISED, _UPDATED):
+        rule = str(data.get("rule") or "")
+        return [_trigger(event, data, routing_key, key, kinds.get(rule) or OWN_KINDS.get(rule) or rule or "alert")]
+    action = {_CLEARED: "resolve", _ACK: "acknowledge"}.get(kind)
+    return [{"routing_key": routing_key, "event_action": action, "dedup_key": key}] if action else []
+
+
+def judge(response: httpx.Response) -> None:
+    """Accept (return) or raise for one answer of the Events API; see the module docstring."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    text = error_text(response)
+    if status == 400 and ("routing_key" in text or "routing key" in text.lower()):
+        raise RetryLater(f"{text}: PagerDuty refuses the routing key (check routing_key_env / routing_key_file)")
+    if status in (400, 413):  # this event is refused (413: too large, alone)
+        raise Rejected(text, status)
+    if status in (408, 429) or status >= 500 or status < 400:
+        raise RetryLater(text, parse_retry_after(response.headers.get("retry-after"), 0.0))
+    raise RetryLater(f"{text}: check the sink's url")
+
+
+class PagerDutySink:
+    """Sends each event to one Events API v2 integration. The client is passed in (and closed by whoever
+    made it)."""
+
+    max_batch = PER_EVENT_BATCH
+
+    def __init__(
+        self,
+        sink_id: str,
+        *,
+        routing_key: str,
+        gateway: str,
+        client: httpx.AsyncClient,
+        url: str = DEFAULT_URL,
+        kinds: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.id = sink_id
+        self.url = url
+        self.gateway = gateway
+        self.timeout = timeout
+        self._routing_key = routing_key
+        self._kinds = dict(kinds or {})
+        self._client = client
+        self._headers = {"Content-Type": "application/json", "User-Agent": "andon-agent"}
+
+    def __repr__(self) -> str:  # never shows the routing key
+        return f"PagerDutySink(id={self.id!r}, url={self.url!r})"
+
+    def bodies(self, event: StoredEvent) -> list[dict[str, Any]]:
+        doc = json.loads(event.body)
+        return pagerduty_events(doc, routing_key=self._routing_key, gateway=self.gateway, kinds=self._kinds)
+
+    async def send(self, events: Sequence[StoredEvent]) -> None:
+        requests = [self.bodies(e) for e in events]
+        await post_each(self._client, self.url, requests, self._headers, self.timeout, judge)
