@@ -116,8 +116,8 @@ class StoredEvent:
     """An event as it sits in the outbox: its seq, id and the exact JSON sent upstream.
 
     ``type``, ``subject`` and ``machine`` repeat the CloudEvent's ``type``, ``subject`` and
-    ``data.machine`` so that routing never parses a body; the outbox fills them from the body when a
-    writer leaves ``type`` empty (:func:`agent.pipeline.routing.described`).
+    ``data.machine`` for routing; :func:`agent.sinks.routing.described` fills them from the body when a
+    writer leaves ``type`` empty.
     """
 
     seq: int

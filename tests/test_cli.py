@@ -93,6 +93,8 @@ def test_check_example_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> No
     assert "rule tool3-life: tool_life on press-1/strokes, counting up to 50000, warning 5000 before" in lines
     assert sum(line.startswith("rule ") for line in lines) == 11
     assert "sink upstream: http POST https://service.example.com/andon/alerts, token from $ANDON_TOKEN" in lines
+    upstream = lines.index("sink upstream: http POST https://service.example.com/andon/alerts, token from $ANDON_TOKEN")
+    assert lines[upstream + 1] == "  routing: min_severity info; machines: all; takes every event type"
 
 
 def test_check_demo(capsys: pytest.CaptureFixture[str]) -> None:

@@ -489,6 +489,10 @@ BAD = [
         "got '127.0.0.1:8080'",
         replace=(('url = "http://127.0.0.1:8080/alerts"', 'url = "127.0.0.1:8080"'),),
     ),
+    Bad(
+        "sink names no machine", "sinks[0].machines[1]", "no machine with id 'm2'", {"sink": 'machines = ["m1", "m2"]'}
+    ),
+    Bad("unknown sink min_severity", "sinks[0].min_severity", "got 'high'", {"sink": 'min_severity = "high"'}),
     Bad("bad id", "machines[0].id", "should match pattern", replace=(('id = "m1"', 'id = "press 1"'),)),
     Bad("wrong value type", "machines[0].port", "valid integer", {"machine": 'port = "five"'}),
 ]

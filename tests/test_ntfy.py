@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from agent.errors import DeliveryError, Rejected, RetryLater
-from agent.sinks import SendTimeout
+from agent.sinks.base import SendTimeout
 from agent.sinks.ntfy import (
     MAX_MESSAGE_BYTES,
     RATE_LIMIT_WAIT,

@@ -1,4 +1,4 @@
-"""Routing (agent.pipeline.routing): tables for each rule, and properties over any alert's lifecycle."""
+"""Routing (agent.sinks.routing): tables for each rule, and properties over any alert's lifecycle."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.model import Severity, StoredEvent
-from agent.pipeline.routing import (
+from agent.sinks.routing import (
     ACKNOWLEDGED,
     CLEARED,
     RAISED,

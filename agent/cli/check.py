@@ -70,9 +70,11 @@ def summary(cfg: Config) -> str:
     for m in cfg.machines:
         lines += plugin_for(m.protocol).describe(m, cfg.machines)
     lines += [_rule(r) for r in cfg.rules] or ["no rules: only the machines' offline alerts will be raised"]
-    lines += [f"sink {s.id}: {sink_plugin(s.kind).describe(s)}" for s in cfg.sinks] or [
-        "no sinks: events are kept in the outbox only"
-    ]
+    for s in cfg.sinks:
+        plugin = sink_plugin(s.kind)
+        lines += [f"sink {s.id}: {plugin.describe(s)}", f"  routing: {plugin.route(s).describe()}"]
+    if not cfg.sinks:
+        lines.append("no sinks: events are kept in the outbox only")
     return "\n".join(lines)
 
 

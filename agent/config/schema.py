@@ -101,4 +101,8 @@ def cross_checks(cfg: Config) -> list[tuple[str, str]]:
     machines = {m.id: m for m in cfg.machines}
     for ri, r in enumerate(cfg.rules):
         errors += _rule_checks(ri, r, machines)
+    for si, s in enumerate(cfg.sinks):
+        for mi, machine in enumerate(s.machines or ()):
+            if machine not in machines:
+                errors.append((f"sinks[{si}].machines[{mi}]", f"no machine with id {machine!r}"))
     return errors

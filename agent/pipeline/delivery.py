@@ -15,6 +15,18 @@ when the sink has been idle for ``linger``; during a burst (the last request les
 ago) it waits until ``linger`` has passed, so a trickle of events shares requests. A single new alert
 after a quiet spell therefore goes out at once.
 
+Routing. Each sink has a :class:`~agent.sinks.routing.Route` (``min_severity``, ``machines``,
+the types its kind takes) and the set of alerts it has seen; each batch is planned with
+:func:`~agent.sinks.routing.plan`. Skipped events only move the sink's cursor; an ``updated``
+presented as ``raised`` changes its body's ``type``, never its ``id`` or ``seq``. The seen set is
+stored by the same transaction that moves the cursor (:meth:`Outbox.settle`), so a crash between a
+send and its settle sends the same presentation again.
+
+Partial acceptance. A sink that sends one request per event says how many of a batch's first events
+were accepted when it fails (``RetryLater.accepted``); those are settled at once and only the rest
+is sent again. ``Rejected.accepted`` = n names the one refused event (``batch[n]``): it is set aside
+and the rest go on, without a split. A sink may cap its batches (``max_batch``).
+
 Drops. After a request succeeds (the link is up), if the outbox dropped events that were not yet
 reported, ``report_drops`` is awaited (the runtime wires it to :meth:`AlertLog.report_drops`), which
 commits one ``andon.outbox.dropped`` event saying how many (at most one a minute, should drops go on
@@ -29,7 +41,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
@@ -37,6 +49,7 @@ from agent.errors import AndonError, OutboxError, Rejected, RetryLater
 from agent.model import StoredEvent
 from agent.pipeline.outbox import AsyncOutbox
 from agent.sinks.base import SendTimeout, Sink
+from agent.sinks.routing import Route, Send, apply_changes, described, plan, present, seen_changes
 
 log = logging.getLogger("andon.delivery")
 
@@ -61,6 +74,19 @@ class RetryAfterWait:
 
 class _Shrunk(Exception):
     """A whole batch timed out and the batch size was halved: read a smaller batch and try again."""
+
+
+Rejects = list[tuple[StoredEvent, str]]
+
+
+@dataclass
+class _Round:
+    """One batch from the outbox on its way to the sink: what is accepted or set aside and not yet
+    settled, and the highest seq the sink is done with so far (skipped events included)."""
+
+    last_seq: int  # the batch's last seq: the cursor once the round is over
+    done: list[Send] = field(default_factory=list)  # accepted, not yet settled
+    rejected: Rejects = field(default_factory=list)  # set aside, not yet settled
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +116,14 @@ class Delivery:
         retry_max: float,
         linger: float = 0.0,
         report_drops: Callable[[], Awaitable[object]] | None = None,
+        route: Route | None = None,
     ) -> None:
         self.sink = sink
         self._outbox = outbox
+        self.route = route or Route(sink.id)
+        self._seen: set[str] | None = None  # read from the outbox on the first batch
+        cap = getattr(sink, "max_batch", None)  # a sink that sends one request per event keeps batches small
+        batch_size = min(batch_size, cap) if isinstance(cap, int) and cap > 0 else batch_size
         self.max_batch_size = batch_size
         self.batch_size = batch_size
         self.linger = linger
@@ -154,13 +185,28 @@ class Delivery:
                     await self._sleep(remaining)
                     continue
             try:
-                rejected = await self._deliver(batch, retry=True, whole=True)
-                await self._retrying(functools.partial(self._settle, batch, rejected), OutboxError)
+                await self._round(batch, retry=True)
             except _Shrunk:
                 continue
             except RetryError:
                 return  # stopping while the upstream fails: the events wait in the outbox
             await self._report_drops()
+
+    async def _round(self, batch: Sequence[StoredEvent], *, retry: bool) -> None:
+        """Route, send and settle one batch from the outbox."""
+        if self._seen is None:
+            seen: set[str] = set()
+
+            async def read() -> None:
+                seen.update(await self._outbox.call(self._outbox.sync.seen, self.sink.id))
+
+            await self._retrying(read, OutboxError)
+            self._seen = seen
+        planned = plan(self.route, [described(e) for e in batch], self._seen)
+        r = _Round(batch[-1].seq)
+        if planned.sends:
+            await self._deliver(r, list(planned.sends), retry=retry, whole=retry)
+        await self._retrying(functools.partial(self._settle, r, r.last_seq), OutboxError)
 
     async def _pending(self) -> list[StoredEvent]:
         """The next batch; a read the outbox refuses (e.g. a damaged file being replaced) is retried."""
@@ -177,12 +223,11 @@ class Delivery:
         """One last try to deliver what is pending, without retries (at shutdown)."""
         while batch := await self._outbox.call(self._outbox.sync.pending, self.sink.id, self.batch_size):
             try:
-                rejected = await self._deliver(batch, retry=False)
-            except RetryLater as exc:
+                await self._round(batch, retry=False)
+            except (RetryLater, RetryError) as exc:
                 depth = await self._outbox.call(self._outbox.sync.depth, self.sink.id)
                 log.warning("sink %s: %d events stay in the outbox for next time (%s)", self.sink.id, depth, exc)
                 return
-            await self._settle(batch, rejected)
 
     async def _retrying(self, work: Callable[[], Awaitable[None]], retry_on: type[Exception]) -> None:
         """Run ``work`` until it succeeds, with backoff; raises RetryError only when stopping."""
@@ -196,25 +241,37 @@ class Delivery:
             with attempt:
                 await work()
 
-    async def _send(self, batch: Sequence[StoredEvent], *, whole: bool) -> None:
+    async def _send(self, r: _Round, part: list[Send], *, whole: bool) -> None:
+        """Send ``part`` once. Events the sink accepted before a failure are settled and leave ``part``."""
         self._last_send = started = time.monotonic()
         try:
-            await self.sink.send(batch)
-        except SendTimeout as exc:
-            if whole and len(batch) > 1:  # maybe too large for a slow link: fewer events next time
+            await self.sink.send([present(s.event, s.type) for s in part])
+        except RetryLater as exc:
+            if exc.accepted > 0:  # taken before the failure: never send those again
+                await self._take(r, part, exc.accepted)
+            if isinstance(exc, SendTimeout) and whole and len(part) > 1:  # maybe too large for a slow link
                 self.failures += 1
                 self.last_error = str(exc)
-                self._shrink(len(batch), str(exc))
+                self._shrink(len(part), str(exc))
                 raise _Shrunk from exc
             raise
         finally:
             self.send_seconds_sum += time.monotonic() - started
             self.send_count += 1
+        r.done += part
         self._good_streak += 1
         if self.batch_size < self.max_batch_size and self._good_streak >= RECOVER_AFTER:
             self.batch_size = min(self.max_batch_size, self.batch_size * 2)
             self._good_streak = 0
             log.info("sink %s: batch size back up to %d", self.sink.id, self.batch_size)
+
+    async def _take(self, r: _Round, part: list[Send], accepted: int) -> None:
+        """The first ``accepted`` events of ``part`` were accepted: settle them now, drop them from ``part``."""
+        accepted = min(accepted, len(part))
+        r.done += part[:accepted]
+        up_to = part[accepted].event.seq - 1 if accepted < len(part) else r.last_seq
+        del part[:accepted]
+        await self._retrying(functools.partial(self._settle, r, up_to, recovered=False), OutboxError)
 
     def _shrink(self, size: int, why: str) -> None:
         self._good_streak = 0
@@ -223,40 +280,58 @@ class Delivery:
             self.batch_size = new
             log.warning("sink %s: %s; batch size halved to %d events", self.sink.id, why, new)
 
-    async def _deliver(
-        self, batch: Sequence[StoredEvent], *, retry: bool, whole: bool = False
-    ) -> list[tuple[StoredEvent, str]]:
-        """Send the batch (each part retried on its own); on rejection bisect it.
+    async def _deliver(self, r: _Round, part: list[Send], *, retry: bool, whole: bool = False) -> None:
+        """Send ``part`` (each piece retried on its own); a refused event is set aside, a refused batch
+        split to find them. Accepted events go to ``r.done``, refused ones to ``r.rejected``. A piece
+        once accepted is never sent again, even if a later piece has to wait for the upstream."""
+        while part:
+            try:
+                if retry:
+                    await self._retrying(functools.partial(self._send, r, part, whole=whole), RetryLater)
+                else:
+                    await self._send(r, part, whole=False)
+                return
+            except Rejected as exc:
+                if exc.accepted is not None or len(part) == 1:  # the sink named the refused event
+                    n = min(exc.accepted or 0, len(part) - 1)
+                    r.done += part[:n]
+                    self._set_aside(r, part[n].event, exc)
+                    del part[: n + 1]
+                    whole = False
+                    continue
+                if exc.status == PAYLOAD_TOO_LARGE:
+                    self._shrink(len(part), f"the upstream finds {len(part)} events too large (HTTP 413)")
+                mid = len(part) // 2
+                await self._deliver(r, part[:mid], retry=retry)
+                await self._deliver(r, part[mid:], retry=retry)
+                return
 
-        Returns the refused events with the reason. A part once accepted is never sent again,
-        even if a later part has to wait for the upstream.
-        """
-        try:
-            if retry:
-                await self._retrying(functools.partial(self._send, batch, whole=whole), RetryLater)
-            else:
-                await self._send(batch, whole=False)
-        except Rejected as exc:
-            if len(batch) == 1:
-                log.error(
-                    "sink %s refused event seq=%d id=%s (%s): set aside as a dead letter",
-                    self.sink.id,
-                    batch[0].seq,
-                    batch[0].id,
-                    exc,
-                )
-                return [(batch[0], str(exc))]
-            if exc.status == PAYLOAD_TOO_LARGE:
-                self._shrink(len(batch), f"the upstream finds {len(batch)} events too large (HTTP 413)")
-            mid = len(batch) // 2
-            return await self._deliver(batch[:mid], retry=retry) + await self._deliver(batch[mid:], retry=retry)
-        return []
+    def _set_aside(self, r: _Round, event: StoredEvent, exc: Rejected) -> None:
+        log.error(
+            "sink %s refused event seq=%d id=%s (%s): set aside as a dead letter",
+            self.sink.id,
+            event.seq,
+            event.id,
+            exc,
+        )
+        r.rejected.append((event, str(exc)))
 
-    async def _settle(self, batch: Sequence[StoredEvent], rejected: list[tuple[StoredEvent, str]]) -> None:
-        await self._outbox.call(self._outbox.sync.settle, self.sink.id, batch[-1].seq, rejected)
-        self.delivered += len(batch) - len(rejected)
-        self.rejected += len(rejected)
-        self.last_success = time.time()
+    async def _settle(self, r: _Round, up_to: int, *, recovered: bool = True) -> None:
+        """Move the cursor to ``up_to``, with the dead letters and seen alerts of what was done so far.
+
+        ``recovered`` False: a part of a batch was accepted but the sink is still failing (its error
+        and the once-at-ERROR logging stay as they are)."""
+        changes = seen_changes(r.done)
+        await self._outbox.call(self._outbox.sync.settle, self.sink.id, up_to, r.rejected, changes)
+        self._seen = apply_changes(self._seen or set(), changes)
+        answered = bool(r.done or r.rejected)
+        self.delivered += len(r.done)
+        self.rejected += len(r.rejected)
+        r.done, r.rejected = [], []
+        if answered:
+            self.last_success = time.time()
+        if not answered or not recovered:
+            return
         self.last_error = None  # the uplink is up again
         if self._failing:
             self._failing = False

@@ -4,8 +4,10 @@ SQLite in WAL mode with ``synchronous=FULL``: a commit is on disk before :meth:`
 returns. One transaction per batch of events, together with the alert state those events change,
 so a crash can never leave an event without its state or the other way round.
 
-Each sink has a cursor (the highest ``seq`` it has settled: accepted or set aside). Events at or
-below every sink's cursor are deleted. ``seq`` comes from a counter kept in the same file; a new
+Each sink has a cursor (the highest ``seq`` it has settled: accepted, set aside or skipped by its
+routing) and the set of alerts it has seen (``sink_alerts``: sent a raised and no cleared since),
+changed by the same transaction that moves its cursor. Events at or below every sink's cursor are
+deleted. ``seq`` comes from a counter kept in the same file; a new
 file starts it at the current time in milliseconds so it keeps increasing even if a damaged file
 had to be set aside.
 
@@ -86,6 +88,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     PRIMARY KEY (sink, seq)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sink_alerts (sink TEXT NOT NULL, alert TEXT NOT NULL, PRIMARY KEY (sink, alert));
 """
 
 # meta keys: the seq counter, the drop tally, and the drops not yet reported upstream
@@ -428,6 +431,7 @@ class Outbox:
                 db.execute("INSERT OR IGNORE INTO cursors (sink, seq) VALUES (?, 0)", (name,))
             marks = ",".join("?" * len(names))
             db.execute(f"DELETE FROM cursors WHERE sink NOT IN ({marks})", names)
+            db.execute(f"DELETE FROM sink_alerts WHERE sink NOT IN ({marks})", names)
             self._delete_settled(db)
 
         self._transaction(work)
@@ -448,12 +452,29 @@ class Outbox:
         (row,) = self._read("SELECT COUNT(*) FROM events WHERE seq > (SELECT seq FROM cursors WHERE sink = ?)", (sink,))
         return int(row[0])
 
-    def settle(self, sink: str, up_to: int, rejected: Sequence[tuple[StoredEvent, str]] = ()) -> None:
-        """Mark every event up to ``up_to`` as done for ``sink``; ``rejected`` ones go to dead letters."""
+    def seen(self, sink: str) -> set[str]:
+        """The alerts ``sink`` has seen: sent a raised of, and no cleared since."""
+        return {row[0] for row in self._read("SELECT alert FROM sink_alerts WHERE sink = ?", (sink,))}
+
+    def settle(
+        self,
+        sink: str,
+        up_to: int,
+        rejected: Sequence[tuple[StoredEvent, str]] = (),
+        seen: Mapping[str, bool] | None = None,
+    ) -> None:
+        """Mark every event up to ``up_to`` as done for ``sink``; ``rejected`` ones go to dead letters;
+        ``seen`` opens (True) or closes (False) alerts in the sink's seen set, in the same transaction."""
         now = time.time()
         freed: list[int] = []
+        opened = [(sink, k) for k, is_open in (seen or {}).items() if is_open]
+        closed = [(sink, k) for k, is_open in (seen or {}).items() if not is_open]
 
         def work(db: sqlite3.Connection) -> None:
+            if opened:
+                db.executemany("INSERT OR IGNORE INTO sink_alerts (sink, alert) VALUES (?, ?)", opened)
+            if closed:
+                db.executemany("DELETE FROM sink_alerts WHERE sink = ? AND alert = ?", closed)
             if rejected:
                 db.executemany(
                     "INSERT OR REPLACE INTO dead_letters (sink, seq, id, body, reason, time) VALUES (?, ?, ?, ?, ?, ?)",

@@ -217,6 +217,7 @@ class Agent:
             retry_max=sink_cfg.retry_max,
             linger=self.cfg.outbox.linger,
             report_drops=self.alerts.report_drops if self.alerts is not None else None,
+            route=sink_plugin(sink_cfg.kind).route(sink_cfg),
         )
         task = self._tg.create_task(delivery.run(), name=f"sink:{sink_cfg.id}")
         self._sinks[sink_cfg.id] = _RunningSink(sink_cfg, secrets, delivery, stack, task)

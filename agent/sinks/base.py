@@ -16,9 +16,10 @@ from typing import Generic, Protocol, TypeVar
 
 from pydantic import Field
 
-from agent.config.base import Duration, Id, KeyProblem, StrictModel, read_secret
+from agent.config.base import Duration, Id, KeyProblem, SeverityName, StrictModel, read_secret
 from agent.errors import ConfigError, RetryLater
-from agent.model import StoredEvent
+from agent.model import Severity, StoredEvent
+from agent.sinks.routing import Route
 
 
 class SendTimeout(RetryLater):
@@ -45,6 +46,8 @@ class SinkConfigBase(StrictModel):
     kind: str
     timeout: Duration = Field(default=10.0, gt=0)  # one delivery request, start to end
     retry_max: Duration = Field(default=60.0, gt=0)  # cap of the retry backoff
+    min_severity: SeverityName = "info"  # an alert reaches the sink from its first event at/above this
+    machines: list[Id] | None = None  # the machines whose events the sink gets; default all
 
 
 C = TypeVar("C", bound=SinkConfigBase)
@@ -64,6 +67,8 @@ class SinkPlugin(Generic[C]):
     * ``open(cfg, secrets)``: the sink as an async context manager: entering it makes what the
       sink holds (an HTTP client, a broker connection), leaving it closes that.
     * ``describe(cfg)``: what ``check`` says of the sink after ``sink <id>:`` (no secrets).
+    * ``alerts_only``: the kind takes the alert lifecycle (``andon.alert.*``) and ``andon.test``
+      only (agent.sinks.routing); otherwise every event type.
     """
 
     kind: str
@@ -71,6 +76,12 @@ class SinkPlugin(Generic[C]):
     secrets: Callable[[C, int], Secrets]
     open: Callable[[C, Secrets], AbstractAsyncContextManager[Sink]]
     describe: Callable[[C], str]
+    alerts_only: bool = False
+
+    def route(self, cfg: SinkConfigBase) -> Route:
+        """The sink's routing (agent.sinks.routing) from its config."""
+        machines = frozenset(cfg.machines) if cfg.machines is not None else None
+        return Route(cfg.id, Severity.parse(cfg.min_severity), machines, self.alerts_only)
 
 
 def sink_secret(index: int, name: str, env: str | None, file: Path | None) -> str | None:

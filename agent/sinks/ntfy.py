@@ -15,6 +15,7 @@ topic's access; 404) is the endpoint's or the credentials' fault: the events wai
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -147,7 +148,7 @@ def ntfy_message(event: Mapping[str, Any], *, topic: str, gateway: str, click: s
     return body
 
 
-def judge(response: httpx.Response) -> None:
+def judge(response: httpx.Response, rate_limit_wait: float = RATE_LIMIT_WAIT) -> None:
     """Accept (return) or raise for one answer of an ntfy server; see the module docstring."""
     status = response.status_code
     if 200 <= status < 300:
@@ -155,7 +156,7 @@ def judge(response: httpx.Response) -> None:
     text = error_text(response)
     if status == 429:
         wait = parse_retry_after(response.headers.get("retry-after"), 0.0)
-        raise RetryLater(f"{text} (ntfy's rate limit)", max(wait or 0.0, RATE_LIMIT_WAIT))
+        raise RetryLater(f"{text} (ntfy's rate limit)", max(wait or 0.0, rate_limit_wait))
     if status in (400, 413, 422) and _ntfy_code(response) not in TOPIC_REFUSED:
         raise Rejected(text, status)
     if status in (401, 403):
@@ -189,6 +190,7 @@ class NtfySink:
         token: str | None,
         click: str | None = None,
         timeout: float = 10.0,
+        rate_limit_wait: float = RATE_LIMIT_WAIT,
     ) -> None:
         self.id = sink_id
         self.url = url.rstrip("/") + "/"  # JSON publishing goes to the server's root URL
@@ -196,6 +198,7 @@ class NtfySink:
         self.gateway = gateway
         self.click = click
         self.timeout = timeout
+        self._judge = functools.partial(judge, rate_limit_wait=rate_limit_wait)
         self._client = client
         self._headers = {"Content-Type": "application/json", "User-Agent": "andon-agent"}
         if token:
@@ -209,4 +212,4 @@ class NtfySink:
 
     async def send(self, events: Sequence[StoredEvent]) -> None:
         requests = [[self.message(e)] for e in events]
-        await post_each(self._client, self.url, requests, self._headers, self.timeout, judge)
+        await post_each(self._client, self.url, requests, self._headers, self.timeout, self._judge)

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from agent.errors import Rejected, RetryLater
-from agent.sinks import SendTimeout
+from agent.sinks.base import SendTimeout
 
 PER_EVENT_BATCH = 10  # events per delivery batch for a sink that posts each event on its own
 
