@@ -95,6 +95,22 @@ CREATE TABLE IF NOT EXISTS sink_alerts (sink TEXT NOT NULL, alert TEXT NOT NULL,
 _META_DEFAULTS = ("dropped", "drop_n", "drop_first", "drop_last", "drop_since", "drop_critical")
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file an older agent wrote up to date, each step in one transaction (a new file skips them).
+
+    ``sink_alerts`` (what each sink has seen): before routing every sink got every event, so each
+    sink has seen every alert that is still active.
+    """
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if {"cursors", "alerts"} <= tables and "sink_alerts" not in tables:
+        db.executescript(
+            "BEGIN IMMEDIATE;"
+            "CREATE TABLE sink_alerts (sink TEXT NOT NULL, alert TEXT NOT NULL, PRIMARY KEY (sink, alert));"
+            "INSERT INTO sink_alerts (sink, alert) SELECT c.sink, a.key FROM cursors c CROSS JOIN alerts a;"
+            "COMMIT;"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class DropReport:
     """Events dropped (the outbox was full) and not yet reported upstream."""
@@ -186,6 +202,7 @@ class Outbox:
             db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("integrity check failed")
+            _migrate(db)
             db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', ?)", (int(time.time() * 1000),))
             db.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, 0)", [(k,) for k in _META_DEFAULTS])

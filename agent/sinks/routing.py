@@ -11,7 +11,9 @@ takes) and a set of alerts it has *seen*: alerts it was sent a ``raised`` of and
 - An alert the sink has not seen reaches it with its first ``raised`` or ``updated`` event at or
   above ``min_severity`` on a machine in ``machines``; that event is presented as ``raised``. A
   ``cleared`` or ``acknowledged`` of an alert the sink has not seen is skipped: nothing of an alert
-  that never reached the sink's level is sent.
+  that never reached the sink's level is sent. One exception: at ``min_severity`` info every alert
+  reached the level when it was raised, so its ``cleared`` follows even if the sink did not see the
+  raise (it came before the sink was configured, or a full outbox dropped it).
 - ``andon.test`` (``send-test``) reaches every sink its ``data.sinks`` names (every sink when it
   names none); ``min_severity`` and ``machines`` do not apply, and the alert-only kinds (ntfy,
   pagerduty) take it too, so that the command proves their uplink.
@@ -83,6 +85,8 @@ def route(r: Route, e: StoredEvent, seen: bool) -> Step:
             return Step(e.type, e.type != CLEARED)
         if e.type in _OPENING and e.severity >= r.min_severity and _machine_ok(r, e):
             return Step(RAISED, True)
+        if e.type == CLEARED and r.min_severity is Severity.INFO and _machine_ok(r, e):
+            return Step(CLEARED, False)  # raised before the sink saw it: it did reach "info"
         return Step(None, False)
     if e.type == TEST:
         targets = test_targets(e)
