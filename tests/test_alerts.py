@@ -1,4 +1,4 @@
-"""The alert lifecycle: CloudEvents exactly as CONTRACT.md fixes them, committed with alert state."""
+"""The alert lifecycle: CloudEvents exactly as the README fixes them, committed with alert state."""
 
 from __future__ import annotations
 

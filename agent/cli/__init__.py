@@ -1,4 +1,4 @@
-"""The ``andon-agent`` command line (see CONTRACT.md): one module per command.
+"""The ``andon-agent`` command line (see the README, "Commands"): one module per command.
 
 ::
 

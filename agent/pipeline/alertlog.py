@@ -44,7 +44,7 @@ def _json_value(value: Any) -> Any:
 
 
 def cloudevent(t: Transition, *, seq: int, event_id: str, gateway: str, site: str | None) -> dict[str, Any]:
-    """The CloudEvents 1.0 (JSON format) form of one transition, exactly as CONTRACT.md fixes it."""
+    """The CloudEvents 1.0 (JSON format) form of one transition, exactly as the README ("Upstream events") fixes it."""
     data: dict[str, Any] = {k: _json_value(v) for k, v in t.extra.items()}  # never over the fields below
     data |= {
         "alert": t.key,

@@ -47,6 +47,7 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_excepti
 
 from agent.errors import AndonError, OutboxError, Rejected, RetryLater
 from agent.model import StoredEvent
+from agent.ops.logs import Trouble
 from agent.pipeline.outbox import AsyncOutbox
 from agent.sinks.base import SendTimeout, Sink
 from agent.sinks.routing import Route, Send, apply_changes, described, plan, present, seen_changes
@@ -131,7 +132,7 @@ class Delivery:
         self._wait = RetryAfterWait(retry_max)
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._failing = False
+        self._trouble = Trouble(log, f"sink {sink.id}")  # once at ERROR, a reminder now and then, the recovery
         self._last_send = -float("inf")  # monotonic start of the last request
         self._good_streak = 0
         self._last_notice = -float("inf")  # monotonic
@@ -159,7 +160,7 @@ class Delivery:
             failures=self.failures,
             batch_size=self.batch_size,
             max_batch_size=self.max_batch_size,
-            failing=self._failing,
+            failing=self._trouble.failing,
             last_error=self.last_error,
             last_success=self.last_success,
         )
@@ -333,9 +334,7 @@ class Delivery:
         if not answered or not recovered:
             return
         self.last_error = None  # the uplink is up again
-        if self._failing:
-            self._failing = False
-            log.info("sink %s: delivering again", self.sink.id)
+        self._trouble.ok("delivering again")
 
     async def _report_drops(self) -> None:
         if self.report_drops is None or not self._outbox.sync.unreported_drops:
@@ -352,16 +351,7 @@ class Delivery:
         exc = state.outcome.exception() if state.outcome else None
         self.failures += 1
         self.last_error = str(exc)
-        if not self._failing:  # once at ERROR, then quietly until it recovers
-            self._failing = True
-            log.error(
-                "sink %s: cannot deliver (%s); events wait in the outbox, retrying with backoff", self.sink.id, exc
-            )
-        else:
-            log.debug(
-                "sink %s: retry %d in %.1fs (%s)",
-                self.sink.id,
-                state.attempt_number,
-                state.next_action.sleep if state.next_action else 0.0,
-                exc,
-            )
+        delay = state.next_action.sleep if state.next_action else 0.0
+        self._trouble.fail(
+            f"cannot deliver ({exc})", f"events wait in the outbox, retrying with backoff (next in {delay:.1f}s)"
+        )
