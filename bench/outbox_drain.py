@@ -80,7 +80,7 @@ async def serve() -> None:
     """Child process: the receiver. Prints its port; on stdin EOF prints how many events it accepted."""
     from agent.demo.receiver import Receiver
 
-    async with Receiver() as r:
+    async with Receiver(keep=None) as r:  # keeps every event: the ids are checked
         print(r.port, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         print(len(r.events), len({e["id"] for e in r.events}), flush=True)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,32 @@ async def test_sign_and_encrypt_with_a_generated_certificate(opcua: OpcuaSim, tm
     with pytest.raises(ConnectionLost):
         async with OpcuaDriver(m):
             pass
+
+
+async def test_the_client_key_is_made_off_the_event_loop(
+    opcua: OpcuaSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An RSA key takes seconds of CPU on a Pi: made on the loop, it would stall every machine and
+    the watchdog. The real generator runs, watched for the thread it runs on."""
+    from asyncua.client.client import Client
+    from asyncua.crypto import cert_gen, uacrypto
+
+    from drivers.opcua.driver import client_pair
+
+    real, threads = cert_gen.generate_private_key, []
+
+    def generate() -> Any:
+        threads.append(threading.current_thread())
+        return real()
+
+    monkeypatch.setattr(cert_gen, "generate_private_key", generate)
+    m = machine(tmp_path, opcua, {"b": "Bool"}, security_policy="Basic256Sha256")
+    cert, key = await client_pair(Client(opcua.endpoint), m)
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
+    assert key.stat().st_mode & 0o777 == 0o600  # the private key is its owner's only
+    public = (await uacrypto.load_certificate(cert)).public_key().public_numbers()
+    assert (await uacrypto.load_private_key(key)).public_key().public_numbers() == public  # a matching pair
+    assert await client_pair(Client(opcua.endpoint), m) == (cert, key) and len(threads) == 1  # kept, not made again
 
 
 async def test_configured_certificate_files(opcua: OpcuaSim, tmp_path: Path) -> None:

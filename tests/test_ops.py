@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from agent.config import Config, load_config
-from agent.demo.receiver import Receiver, Reply
+from agent.demo.receiver import DEFAULT_KEEP, Receiver, Reply
 from agent.ops.logs import setup_logging
 from agent.ops.notify import Notifier
 from agent.sinks.http import HttpSinkConfig
@@ -277,6 +277,15 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
         assert key in unit, key
 
 
+def test_the_unit_allows_the_serial_ports_of_common_gateways() -> None:
+    """USB adapters, the Pi's UARTs, PC UARTs, RS-485 HATs (SC16IS7xx: ttySC) and i.MX gateways (ttymxc)."""
+    unit = (ROOT / "systemd/andon-agent.service").read_text()
+    allowed = {line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("DeviceAllow=")}
+    assert "DevicePolicy=closed" in unit
+    for group in ("ttyUSB", "ttyACM", "ttyAMA", "ttyS", "ttySC", "ttymxc"):
+        assert f"char-{group} rw" in allowed, group
+
+
 def test_dockerfile_passes_hadolint() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False)
@@ -348,3 +357,18 @@ async def test_a_taken_status_port_does_not_stop_the_alerting(
         assert any("status endpoints are off" in r.getMessage() for r in caplog.records)
     finally:
         taken.close()
+
+
+# -- the demo receiver -------------------------------------------------------------------------------
+
+
+async def test_the_receiver_keeps_only_the_last_events() -> None:
+    """The demo may run for weeks: its receiver must not keep every event (nor every request)."""
+    seen: list[int] = []
+    async with Receiver(keep=5, on_event=lambda e: seen.append(e["n"])) as r, httpx.AsyncClient() as http:
+        for n in range(0, 12, 3):
+            batch = [{"n": n}, {"n": n + 1}, {"n": n + 2}]
+            assert (await http.post(r.url, json=batch)).status_code == 200
+        assert [e["n"] for e in r.events] == [7, 8, 9, 10, 11] and len(r.requests) == 4
+        assert r.accepted == 12 and seen == list(range(12))
+    assert Receiver().keep == DEFAULT_KEEP and DEFAULT_KEEP is not None  # bounded by default

@@ -220,6 +220,27 @@ def test_garbage_file_is_set_aside(path: Path, caplog: pytest.LogCaptureFixture)
     assert any("damaged" in r.getMessage() for r in caplog.records)
 
 
+def test_setting_a_damaged_file_aside_syncs_its_directory(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rename must be on disk before the fresh outbox takes the name: power lost right after it
+    must not bring the damaged file back as ``outbox.db`` (or lose the one kept for a post-mortem)."""
+    path.parent.mkdir(parents=True)
+    path.write_bytes(random.Random(2).randbytes(8192))
+    real_fsync, synced = os.fsync, []
+
+    def fsync(fd: int) -> None:  # the real fsync, watched: which directory, and was the file renamed by then
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if target.is_dir():
+            synced.append((target, bool(damaged(path)), path.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    ob = Outbox(path)
+    ob.open()
+    ob.close()
+    assert len(damaged(path)) == 1
+    assert (path.parent, True, False) in synced  # after the rename, before the new file was made
+
+
 def test_truncated_file_is_set_aside(path: Path) -> None:
     ob = Outbox(path)
     ob.open()

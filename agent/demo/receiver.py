@@ -2,7 +2,8 @@
 
 Used by ``andon-agent demo`` to show delivered events, and by the tests and benchmarks as the
 upstream. ``respond`` decides the answer to each batch (status, headers), so a test can script a
-receiver that is down, slow, or refuses some events.
+receiver that is down, slow, or refuses some events. It keeps the last ``keep`` events and requests
+(:data:`DEFAULT_KEEP`), so a demo left running for weeks does not grow; ``accepted`` counts them all.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from agent.ops.httpserver import HttpServer, Request, Response
 
 Batch = list[dict[str, Any]]
 MAX_BATCH_BYTES = 64 << 20
+DEFAULT_KEEP = 10_000  # events (and requests) kept for inspection; the oldest go first
 
 
 @dataclass
@@ -34,7 +36,8 @@ def accept_all(batch: Batch, headers: dict[str, str]) -> Reply:
 
 
 class Receiver:
-    """``async with Receiver() as r:`` listens on ``r.url``; accepted events land in ``r.events``."""
+    """``async with Receiver() as r:`` listens on ``r.url``; accepted events land in ``r.events``
+    (the last ``keep`` of them; ``keep=None`` keeps all, for a benchmark that checks every id)."""
 
     def __init__(
         self,
@@ -44,11 +47,14 @@ class Receiver:
         port: int = 0,
         path: str = "/alerts",
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        keep: int | None = DEFAULT_KEEP,
     ) -> None:
         self.respond = respond
         self.path = path
+        self.keep = keep
         self.events: list[dict[str, Any]] = []
-        self.requests: list[tuple[dict[str, str], Batch]] = []  # every request, accepted or not
+        self.requests: list[tuple[dict[str, str], Batch]] = []  # accepted or not
+        self.accepted = 0  # events accepted in all
         self.on_event = on_event
         self.changed = asyncio.Condition()
         self._http = HttpServer(self._handle, host, port, max_body=MAX_BATCH_BYTES)
@@ -93,6 +99,7 @@ class Receiver:
         except ValueError:
             return Response(400)
         self.requests.append((request.headers, batch))
+        self._trim(self.requests)
         reply = self.respond(batch, request.headers)
         if not isinstance(reply, Reply):
             reply = await reply
@@ -101,8 +108,14 @@ class Receiver:
         async with self.changed:
             if 200 <= reply.status < 300:
                 self.events.extend(batch)
+                self.accepted += len(batch)
+                self._trim(self.events)
                 if self.on_event:
                     for e in batch:
                         self.on_event(e)
             self.changed.notify_all()
         return Response(reply.status, headers=reply.headers)
+
+    def _trim(self, kept: list[Any]) -> None:
+        if self.keep is not None and len(kept) > self.keep:
+            del kept[: len(kept) - self.keep]

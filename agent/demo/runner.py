@@ -86,7 +86,8 @@ async def run_demo(*, speed: float = 1.0, duration: float | None = None) -> None
     with tempfile.TemporaryDirectory(prefix="andon-demo-") as tmp:
         async with (
             SimulatedMachine(registers=20) as machine,
-            Receiver(on_event=lambda e: print(_line("delivered", e), flush=True)) as receiver,
+            # The demo prints each event as it arrives and keeps none: it may run for weeks.
+            Receiver(on_event=lambda e: print(_line("delivered", e), flush=True), keep=0) as receiver,
         ):
             cfg = demo_config(base, port=machine.port, url=receiver.url, state_dir=Path(tmp))
 

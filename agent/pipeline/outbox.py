@@ -222,6 +222,7 @@ class Outbox:
             src = Path(f"{self.path}{suffix}")
             if src.exists():
                 src.rename(f"{aside}{suffix}")
+        _fsync_dir(self.path.parent)  # the renames reach the disk before a fresh file takes the name
         return aside
 
     def close(self) -> None:
@@ -567,6 +568,15 @@ class Outbox:
             write_errors=self._write_errors,
             file_bytes=size,
         )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable (a rename is an update of the directory, not of the file)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 T = TypeVar("T")

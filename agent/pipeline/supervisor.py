@@ -44,7 +44,12 @@ from drivers.registry import Drivers
 
 log = logging.getLogger("andon.runtime")
 
-FLUSH_TIMEOUT = 5.0
+FLUSH_TIMEOUT = 5.0  # a reload waits this long for a sink's batch in flight before it cancels it
+# A stop takes at most this long (then the outbox is closed): inside Docker's 10 s stop timeout and
+# systemd's TimeoutStopSec (20 s in systemd/andon-agent.service), however many sinks hang. The first
+# half waits for the sinks' batches in flight (so a clean stop sends nothing twice), the rest is the
+# last delivery attempt, all sinks at once. What is not delivered by then waits in the outbox.
+STOP_BUDGET = 8.0
 
 
 class Agent:
@@ -114,12 +119,14 @@ class Agent:
                         await self._apply_reload()
                         self.reload_done.set()
                 self._notifier.send(STOPPING="1", STATUS="stopping")
-                log.info("stopping: last delivery attempt, then closing")
-                for machine_id in list(self._machines):
-                    await self._stop_machine(machine_id)
-                await asyncio.gather(*(self._stop_sink_task(s) for s in self._sinks.values()))
+                log.info("stopping: last delivery attempt (at most %gs), then closing", STOP_BUDGET)
+                deadline = asyncio.get_running_loop().time() + STOP_BUDGET
+                await self._stop_machines(list(self._machines))
+                in_flight = deadline - STOP_BUDGET / 2 - asyncio.get_running_loop().time()
+                sinks = list(self._sinks.values())
+                answered = await asyncio.gather(*(self._stop_sink_task(s, in_flight) for s in sinks))
                 watchdog.cancel()
-            await self._flush_sinks()
+            await asyncio.gather(*(self._last_delivery(s, deadline, ok) for s, ok in zip(sinks, answered, strict=True)))
         log.info("stopped")
 
     async def _open(self, stack: contextlib.AsyncExitStack, cfg: Config) -> None:
@@ -165,18 +172,30 @@ class Agent:
         self.started.set()
         return watchdog
 
-    async def _flush_sinks(self) -> None:
-        """One last delivery attempt per sink (bounded by FLUSH_TIMEOUT), then close each sink."""
-        for running in self._sinks.values():
-            try:
-                async with asyncio.timeout(FLUSH_TIMEOUT):
-                    await running.delivery.flush()
-            except (TimeoutError, OutboxError) as exc:
+    async def _last_delivery(self, running: _RunningSink, deadline: float, answered: bool) -> None:
+        """One last try to deliver what waits for the sink, cut short at ``deadline`` (loop time); then
+        close the sink. Not tried when the sink's batch in flight got no answer in time: the upstream
+        hangs, and one more request would only hang until the deadline.
+        """
+        sink_id = running.delivery.sink.id
+        try:
+            if not answered:
+                depth = await self.outbox.call(self.outbox.sync.depth, sink_id) if self.outbox else 0
                 log.warning(
-                    "sink %s: final delivery cut short (%s); the rest waits in the outbox",
-                    running.delivery.sink.id,
-                    exc or "timeout",
+                    "sink %s: no answer to the batch in flight within the stop's time; %d event(s) wait in the outbox",
+                    sink_id,
+                    depth,
                 )
+                return
+            async with asyncio.timeout_at(deadline):
+                await running.delivery.flush()
+        except (TimeoutError, OutboxError) as exc:
+            log.warning(
+                "sink %s: final delivery cut short (%s); the rest waits in the outbox",
+                sink_id,
+                exc or f"the stop may take at most {STOP_BUDGET:g}s",
+            )
+        finally:
             await running.stack.aclose()
 
     # -- building blocks ----------------------------------------------------------------------
@@ -222,13 +241,17 @@ class Agent:
         task = self._tg.create_task(delivery.run(), name=f"sink:{sink_cfg.id}")
         self._sinks[sink_cfg.id] = _RunningSink(sink_cfg, secrets, delivery, stack, task)
 
-    async def _stop_sink_task(self, running: _RunningSink) -> None:
-        """Let the sink finish its batch in flight (so nothing is sent twice), then stop it."""
+    async def _stop_sink_task(self, running: _RunningSink, wait: float = FLUSH_TIMEOUT) -> bool:
+        """Let the sink finish its batch in flight (so nothing is sent twice), then stop it.
+
+        Returns False when the batch got no answer within ``wait`` seconds and the task was cancelled.
+        """
         running.delivery.stop()
-        _, late = await asyncio.wait({running.task}, timeout=FLUSH_TIMEOUT)
+        _, late = await asyncio.wait({running.task}, timeout=max(0.0, wait))
         for task in late:
             task.cancel()
             await asyncio.wait({task})
+        return not late
 
     def _start_machine(self, machine: Machine) -> None:
         assert self._tg is not None and self.alerts is not None and self._driver_factory is not None
@@ -243,9 +266,15 @@ class Agent:
         self._machines[machine.id] = (runner, self._tg.create_task(runner.run(), name=f"machine:{machine.id}"))
 
     async def _stop_machine(self, machine_id: str) -> None:
-        _, task = self._machines.pop(machine_id)
-        task.cancel()
-        await asyncio.wait({task})
+        await self._stop_machines([machine_id])
+
+    async def _stop_machines(self, machine_ids: Sequence[str]) -> None:
+        """Stop machines all at once (each driver's close is bounded; one slow close must not add up)."""
+        tasks = {self._machines.pop(machine_id)[1] for machine_id in machine_ids}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     # -- reload -------------------------------------------------------------------------------
 

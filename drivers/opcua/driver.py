@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -92,6 +93,21 @@ async def _uri_of_certificate(path: Path) -> str | None:
     return str(uris[0]) if uris else None
 
 
+def make_private_key(path: Path) -> None:
+    """Write a new 2048-bit RSA key (PEM), readable by its owner only. Blocking: run it in a thread."""
+    from asyncua.crypto import cert_gen
+
+    pem = cert_gen.dump_private_key_as_pem(cert_gen.generate_private_key())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f"{path.name}.part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, path)  # never a half-written key under the real name
+
+
 async def client_pair(client: Client, m: OpcuaMachine) -> tuple[Path, Path]:
     """The client certificate and key: the configured files, or a self-signed pair made on first start.
 
@@ -111,7 +127,9 @@ async def client_pair(client: Client, m: OpcuaMachine) -> tuple[Path, Path]:
     cert, key = m.pki_dir / CERT_FILE, m.pki_dir / KEY_FILE
     new = not (cert.is_file() and key.is_file())
     try:
-        await client.setup_self_signed_certificate(key, cert)  # keeps a valid pair, else (re)makes it
+        if not key.is_file():  # seconds of CPU on a Pi: not on the event loop (the watchdog, the other machines)
+            await asyncio.to_thread(make_private_key, key)
+        await client.setup_self_signed_certificate(key, cert)  # keeps a valid pair, else (re)makes the certificate
     except (OSError, ValueError) as exc:
         raise DriverError(m.id, f"cannot create a client certificate in {m.pki_dir}: {exc}") from None
     if new:
