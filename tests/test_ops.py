@@ -372,3 +372,15 @@ async def test_the_receiver_keeps_only_the_last_events() -> None:
         assert [e["n"] for e in r.events] == [7, 8, 9, 10, 11] and len(r.requests) == 4
         assert r.accepted == 12 and seen == list(range(12))
     assert Receiver().keep == DEFAULT_KEEP and DEFAULT_KEEP is not None  # bounded by default
+
+
+def test_nothing_cites_a_contract_file_the_project_does_not_have() -> None:
+    """The public contract is the README (and config/example.toml); comments must point there."""
+    name = "CONTRACT" + ".md"
+    assert not (ROOT / name).exists()
+    files = [
+        p for d in ("agent", "drivers", "tests", "bench", "docs", "systemd", "config") for p in (ROOT / d).rglob("*")
+    ]
+    files += [ROOT / "README.md", ROOT / "Dockerfile", ROOT / "pyproject.toml"]
+    citing = [str(p.relative_to(ROOT)) for p in files if p.is_file() and name in p.read_text(errors="replace")]
+    assert citing == []

@@ -1,4 +1,4 @@
-"""The config: schema, loading and one-line errors (see CONTRACT.md for the file's keys).
+"""The config: schema, loading and one-line errors (the README and config/example.toml describe the keys).
 
 Everything is validated at load time: unknown keys are errors, ids are unique, rules name machines
 and signals that exist. :func:`load_config` raises :class:`~agent.errors.ConfigError` whose text is
