@@ -32,6 +32,8 @@ Guarantees of :class:`Bus`:
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from typing import Final, Protocol
 
 from agent.errors import ConnectionLost
@@ -70,6 +72,27 @@ class NoAnswer(ConnectionLost):
 def rtu_silence(baudrate: int) -> float:
     """The RTU inter-frame silence: 3.5 characters of 11 bits, fixed at 1.75 ms above 19200 baud."""
     return 0.00175 if baudrate > 19200 else 3.5 * 11 / baudrate
+
+
+def port_problem(path: str) -> str | None:
+    """Why the serial port cannot be opened, in words, or None if it can (or is a pyserial URL)."""
+    if "://" in path:
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return f"serial port {path} does not exist: is the adapter plugged in? (ls /dev/serial/by-id/)"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return (
+                f"no permission to open serial port {path}: add the agent's user to the dialout group "
+                "(sudo usermod -aG dialout <user>, then log in again or restart the service)"
+            )
+        if exc.errno == errno.EBUSY:
+            return f"serial port {path} is busy: another program has it open"
+        return f"cannot open serial port {path}: {exc.strerror or exc}"
+    os.close(fd)
+    return None
 
 
 class Bus:

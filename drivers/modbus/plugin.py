@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.config.base import MachineBase
-from drivers.base import Driver, ProtocolPlugin
+from drivers.base import Driver, Probe, ProtocolPlugin
 from drivers.modbus.bus import Buses
 from drivers.modbus.config import ModbusMachine, ModbusSignal, check_buses
 from drivers.modbus.driver import ModbusDriver, spans_for
 from drivers.modbus.planner import plan_reads
+from drivers.modbus.probe import probe_all
 
 
 class ModbusDrivers:
@@ -80,4 +81,7 @@ PLUGIN = ProtocolPlugin(
     drivers=ModbusDrivers,
     describe=describe,
     cross_check=check_buses,
+    probe=Probe(
+        run=probe_all, all_read="every Modbus signal was read", not_all_read="not every Modbus signal was read"
+    ),
 )

@@ -14,6 +14,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu.bit_message import ReadCoilsResponse, ReadDiscreteInputsResponse
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
+from drivers.modbus.bus import port_problem
 from drivers.modbus.config import ModbusMachine
 from drivers.modbus.tcp import BadReply, Reply
 
@@ -86,6 +87,7 @@ class PymodbusReader:
         for response in (_Coils, _DiscreteInputs, _HoldingRegisters, _InputRegisters):
             client.register(response)
         self._client = client
+        self._port = machine.serial
 
     @property
     def connected(self) -> bool:
@@ -97,7 +99,8 @@ class PymodbusReader:
         except ModbusException as exc:
             raise ConnectionRefusedError(str(exc)) from exc
         if not ok:
-            raise ConnectionRefusedError("the connection was refused or the port cannot be opened")
+            problem = port_problem(self._port) if self._port is not None else None
+            raise ConnectionRefusedError(problem or "the connection was refused or the port cannot be opened")
 
     async def read(self, table: str, address: int, count: int, unit: int) -> Reply:
         try:
