@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import struct
 from collections.abc import AsyncIterator
@@ -165,3 +166,49 @@ async def test_server_that_never_answers_is_bounded_by_timeout() -> None:
             assert loop.time() - t0 < 1.0
     finally:
         server.close()
+
+
+async def test_a_refused_address_is_tried_again_with_backoff_until_the_device_accepts_it(
+    machine: SimulatedMachine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PLC program change can add an address the device refused: it is probed again (alone, so the
+    rest of the poll never pays for it) after `refused_retry`, then at doubling intervals."""
+    signals = [{"id": f"s{i}", "address": i} for i in range(6)]
+    for i in range(6):
+        await machine.set("holding", i, [100 + i])
+    machine.refused.add(("holding", 3))
+    clock = [1000.0]
+    cfg = machine_cfg(machine.port, signals, refused_retry="2m")
+    caplog.set_level(logging.INFO, logger="andon.modbus")
+
+    async def poll() -> tuple[dict[str, Any], int]:
+        before = machine.requests
+        got = await driver.read()
+        samples = {s.signal: s for s in got}
+        assert len(got) == len(samples) == 6  # each signal once per poll, probed or not
+        return samples, machine.requests - before
+
+    async with ModbusDriver(cfg, monotonic=lambda: clock[0]) as driver:
+        first, _ = await poll()
+        assert first["s3"].quality is Quality.BAD and len(driver.plan) == 2
+        clock[0] += 119.0
+        got, requests = await poll()
+        assert requests == 2 and got["s3"].quality is Quality.BAD  # not yet: only the plan's reads
+        clock[0] += 1.0
+        got, requests = await poll()
+        assert requests == 3 and got["s3"].quality is Quality.BAD  # probed alone, still refused
+        assert got["s3"].error == "Modbus exception 2 (illegal data address)"
+        clock[0] += 239.0
+        assert (await poll())[1] == 2  # the next probe comes after twice the wait: 4 minutes
+        machine.refused.clear()  # the PLC's new program has the register
+        clock[0] += 1.0
+        got, requests = await poll()
+        assert requests == 3 and (got["s3"].quality, got["s3"].value) == (Quality.GOOD, 103)
+        assert [(r.address, r.count) for r in driver.plan] == [(0, 6)]  # one merged read again
+        got, requests = await poll()
+        assert requests == 1 and [got[f"s{i}"].value for i in range(6)] == [100, 101, 102, 103, 104, 105]
+    assert any("answers the address(es) of signal(s) s3 again" in r.getMessage() for r in caplog.records)
+
+
+def test_refused_retry_defaults_to_five_minutes() -> None:
+    assert machine_cfg(502, [{"id": "a", "address": 0}]).refused_retry == 300.0

@@ -74,6 +74,9 @@ class ModbusMachine(MachineBase):
     unit: int = Field(default=1, ge=0, le=255)
     max_gap: int = Field(default=8, ge=0, le=124)  # registers bridged to merge two reads into one
     request_gap: Duration = Field(default=0.0, ge=0, le=10)  # quiet time on the bus after each request
+    # A signal whose address the device refused is read alone again after this, then at doubling
+    # intervals up to an hour (a PLC program change may add the register); see drivers.modbus.driver.
+    refused_retry: Duration = Field(default=300.0, gt=0)
     signals: list[ModbusSignal] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -15,7 +15,11 @@ How a poll handles what the device answers:
   per poll names them), and from then on the plan avoids them and does not bridge a gap the
   device refused. When every part of a refused read is answered, the refused address was in a
   gap the halves left out, or the device takes no read that long: the plan stops bridging that
-  gap, or uses shorter reads;
+  gap, or uses shorter reads. A refused signal is not given up for the connection's life (a TCP
+  connection may last months, and a PLC program change can add the register): it is read alone
+  again after the machine's ``refused_retry`` (5 minutes), then at doubling intervals up to
+  :data:`REFUSED_RETRY_MAX`; once answered it joins the poll's merged reads again (INFO line).
+  Refused gaps and read lengths stay learned for the connection: they cost requests, never data;
 * exception 6, device busy (and 5, acknowledge): retried once in the same poll after a short
   pause (:func:`busy_pause`); if still busy, the signals are bad for this poll and the next poll
   reads them again;
@@ -36,6 +40,8 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Self
 
@@ -53,6 +59,7 @@ ILLEGAL_ADDRESS: Final = 2
 BUSY: Final = frozenset({5, 6})  # acknowledge, device busy: the device asks us to come back shortly
 GATEWAY: Final = frozenset({10, 11})  # gateway path unavailable, gateway target failed to respond
 GATEWAY_POLLS: Final = 3
+REFUSED_RETRY_MAX: Final = 3600.0  # the longest wait between two probes of a refused address
 EXCEPTION_NAMES: Final = {
     1: "illegal function",
     2: "illegal data address",
@@ -112,6 +119,14 @@ def plan_for(
     )
 
 
+@dataclass
+class _Retry:
+    """When a refused signal is read alone again (monotonic time), and the wait after that."""
+
+    due: float
+    wait: float
+
+
 class _Unreachable(Exception):
     """A gateway said the unit cannot be reached: skip the rest of this poll."""
 
@@ -123,8 +138,11 @@ def _exception_text(code: int) -> str:
 class ModbusDriver:
     """One Modbus machine (one unit) on its bus. See :class:`drivers.base.Driver`."""
 
-    def __init__(self, machine: ModbusMachine, bus: Bus | None = None) -> None:
+    def __init__(
+        self, machine: ModbusMachine, bus: Bus | None = None, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.machine = machine
+        self._monotonic = monotonic
         self._bus = bus if bus is not None else Bus(machine)
         self._spans = spans_for(machine)
         # Compiled here, so a signal the codec refuses fails at start, not in the first poll.
@@ -133,7 +151,7 @@ class ModbusDriver:
         self._used: dict[str, set[int]] = {}  # addresses some signal needs, per table
         for span in self._spans.values():
             self._used.setdefault(span.table, set()).update(range(span.address, span.address + span.count))
-        self._refused_keys: set[str] = set()  # signals whose footprint the device refused
+        self._refused_keys: dict[str, _Retry] = {}  # signals whose footprint the device refused
         self._refused_gaps: set[tuple[Any, int]] = set()  # unused addresses the device refused
         self._limits = {"registers": MAX_REGISTERS, "bits": MAX_BITS}
         self._plan = plan_for(machine)
@@ -160,8 +178,7 @@ class ModbusDriver:
 
     async def read(self) -> list[Sample]:
         now = time.time()
-        refused = sorted(self._refused_keys)  # known before this poll's reads
-        samples = [self._bad(key, now, "the device refuses this address") for key in refused]
+        samples, back = await self._refused_samples(now)  # known before this poll's reads; probed when due
         self._newly_refused = []
         unreachable: str | None = None
         try:
@@ -184,6 +201,15 @@ class ModbusDriver:
                     ", ".join(self._newly_refused),
                     len(self._plan),
                 )
+        if back:  # read with the others from the next poll on (this poll's plan did not have them)
+            self._replan()
+            log.info(
+                "machine %s: the device answers the address(es) of signal(s) %s again; they are read again "
+                "(%d request(s) per poll)",
+                self.machine.id,
+                ", ".join(back),
+                len(self._plan),
+            )
         if unreachable is None:
             self._gateway_polls = 0
         else:
@@ -195,6 +221,31 @@ class ModbusDriver:
                     f"unit {self.machine.unit} unreachable, {GATEWAY_POLLS} polls in a row: {unreachable}",
                 )
         return samples
+
+    async def _refused_samples(self, now: float) -> tuple[list[Sample], list[str]]:
+        """The refused signals' samples: bad, except those whose probe is due and now answered (their
+        keys are returned too: the caller plans them back in)."""
+        samples: list[Sample] = []
+        back: list[str] = []
+        mono = self._monotonic()
+        for key in sorted(self._refused_keys):
+            retry = self._refused_keys[key]
+            if mono < retry.due:
+                samples.append(self._bad(key, now, _exception_text(ILLEGAL_ADDRESS)))
+                continue
+            span = self._spans[key]
+            req = ReadRequest(span.table, span.address, span.count, (key,))
+            reply = await self._bus.request(self.machine, req.table, req.address, req.count)
+            if reply.exception_code:
+                if reply.exception_code == ILLEGAL_ADDRESS:  # still refused: wait longer next time
+                    retry.wait = min(retry.wait * 2, max(REFUSED_RETRY_MAX, self.machine.refused_retry))
+                    retry.due = mono + retry.wait
+                samples.append(self._bad(key, now, _exception_text(reply.exception_code)))
+                continue
+            del self._refused_keys[key]
+            back.append(key)
+            samples += self._decode(req, reply.data, now)
+        return samples, back
 
     async def _read_request(self, req: ReadRequest, now: float) -> tuple[list[Sample], bool]:
         """The request's samples, and whether the device answered every read without an exception."""
@@ -219,7 +270,8 @@ class ModbusDriver:
         """Find the addresses the device refuses in ``req`` by reading halves of it."""
         halves = split_request(req, self._spans)
         if not halves:  # one footprint: its addresses are the refused ones
-            self._refused_keys.update(req.keys)
+            wait = self.machine.refused_retry
+            self._refused_keys.update({key: _Retry(self._monotonic() + wait, wait) for key in req.keys})
             self._newly_refused += req.keys
             self._replan()
             return [self._bad(key, now, _exception_text(ILLEGAL_ADDRESS)) for key in req.keys]
