@@ -52,6 +52,8 @@ VARIABLES: dict[str, tuple[ua.VariantType, Any]] = {
     "Agent.Wear": (ua.VariantType.Double, 0.0),
     "Stale.Wear": (ua.VariantType.Double, 0.0),
     "Bench.Fault": (ua.VariantType.Boolean, False),
+    "Blind.Fault": (ua.VariantType.Boolean, False),
+    "Blind.Other": (ua.VariantType.Double, 1.0),
 }
 ENUM_VALUE = 2  # "Running" in the test enumeration
 

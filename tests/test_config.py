@@ -610,6 +610,7 @@ def test_template_fields_cover_what_rules_fill_in() -> None:
         ({"kind": "code", "normal": [0, 7], "codes": {"7": {"message": "x"}}}, "code 7 is also in `normal`"),
         ({"kind": "fault", "chatter_count": 1}, "must be 0 \\(off\\) or at least 2"),
         ({"kind": "fault", "id": "flood"}, "'flood' is the id of the agent's own flood alert"),
+        ({"kind": "fault", "id": "unreadable"}, "'unreadable' is the id of the agent's own unreadable alert"),
         ({"kind": "tool_life", "limit": 5, "signal": "b"}, "a tool_life rule needs a numeric signal"),
     ],
 )

@@ -234,4 +234,5 @@ Rule = Annotated[
     ThresholdRule | FaultRule | CodeRule | ToolLifeRule | ForecastRule | StaleRule, Field(discriminator="kind")
 ]
 
-RESERVED_RULE_IDS = frozenset({"offline", "flood"})  # the agent's own alerts: "<machine>/offline", "<machine>/flood"
+# The agent's own alerts: "<machine>/offline", "<machine>/flood", "<machine>/unreadable".
+RESERVED_RULE_IDS = frozenset({"offline", "flood", "unreadable"})

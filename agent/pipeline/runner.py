@@ -5,6 +5,7 @@ judges its samples with the rules, commits the transitions and watches for it go
 
     poll:  driver.read() / driver.updates() -> rules.evaluate -> flood gate -> AlertLog.commit
     watch: no good read for offline_after -> "<machine>/offline" (cleared by the next good read)
+    blind: a watched signal unreadable for offline_after -> "<machine>/unreadable" (agent.rules.unreadable)
     tick:  every poll_interval, the last good values again -> rules.tick (delays, repeats, staleness)
 
 Every machine runs in its own tasks and reconnects on its own (capped, jittered backoff), so one
@@ -32,6 +33,7 @@ from agent.ops.logs import Trouble
 from agent.pipeline.alertlog import AlertLog, rfc3339
 from agent.rules import RuleState, evaluate, tick
 from agent.rules.flood import FLOOD, FloodState, admit, flood_tick, forgotten
+from agent.rules.unreadable import UNREADABLE, BlindState, judge, observe
 from drivers.base import Driver, PushDriver
 
 log = logging.getLogger("andon.runtime")
@@ -102,6 +104,9 @@ class MachineRunner:
             self._by_signal.setdefault(r.signal, []).append(r)
             if isinstance(r, StaleRule) and r.only_while is not None and r.only_while != r.signal:
                 self._by_signal.setdefault(r.only_while, []).append(r)
+        self._watched = {signal: [r.id for r in rules] for signal, rules in self._by_signal.items()}
+        blind = alerts.active.get(f"{machine.id}/{UNREADABLE}")
+        self._blind = BlindState(sent=blind.message if blind else None)  # what upstream has, after a restart
         self._flood_cfg = flood or AlertsSection()
         self._flood = FloodState()
         self._rules_lock = asyncio.Lock()  # the poll and the rule tick take turns with states and commits
@@ -207,6 +212,8 @@ class MachineRunner:
         if len(good) < len(samples):
             bad = {s.signal: s.error or "bad" for s in samples if s.quality is not _GOOD}
         self.status.bad_signals = bad
+        if bad or self._blind.since:
+            self._blind = observe(self._blind, samples, self._watched, now)
         if good:
             self._conn.ok("reading again")
             self.status.last_good = good[0].time
@@ -216,6 +223,7 @@ class MachineRunner:
                 await self._set_offline(False)
         async with self._rules_lock:
             await self._evaluate(good, now, ticked=False)
+            await self._judge_unreadable(now)
         return bool(good)
 
     async def _evaluate(self, samples: Sequence[Sample], now: float, *, ticked: bool) -> None:
@@ -276,6 +284,7 @@ class MachineRunner:
                         due = []
                     self._fresh.clear()
                     await self._evaluate(due, self._clock.monotonic(), ticked=True)
+                    await self._judge_unreadable(self._clock.monotonic())
             except Exception:  # a bug must not stop the machine's polling: show it once, keep ticking
                 if not failing:
                     log.exception("machine %s: evaluating the rules on the clock tick failed", self.machine.id)
@@ -284,6 +293,30 @@ class MachineRunner:
                 if failing:
                     log.info("machine %s: the rule tick works again", self.machine.id)
                 failing = False
+
+    async def _judge_unreadable(self, now: float) -> None:
+        """Raise, update or clear ``<machine>/unreadable`` (only while the machine is online: offline,
+        its own alert says why nothing can be read). A failed commit is tried again next time."""
+        if self.status.offline or not self.status.connected or (not self._blind.since and self._blind.sent is None):
+            return
+        m = self.machine
+        state, out = judge(
+            self._blind,
+            machine=m.id,
+            watched=self._watched,
+            now=now,
+            wall=self._clock.wall(),
+            after=m.offline_after,
+            severity=Severity.parse(m.offline_severity),
+        )
+        if out:
+            try:
+                await self._alerts.commit(out)
+            except OutboxError as exc:
+                self._commit.fail(exc, "the unreadable-signals alert is held back until the outbox accepts it")
+                return
+            self._commit.ok()
+        self._blind = state
 
     # -- offline ------------------------------------------------------------------------------
 

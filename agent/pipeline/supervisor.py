@@ -37,6 +37,7 @@ from agent.pipeline.outbox import AsyncOutbox, Outbox
 from agent.pipeline.runner import OFFLINE, Clock, Machine, MachineRunner
 from agent.pipeline.snapshot import take_snapshot
 from agent.rules.flood import FLOOD
+from agent.rules.unreadable import UNREADABLE
 from agent.sinks.base import Secrets, SinkConfigBase
 from agent.sinks.registry import sink_plugin
 from drivers.base import Driver
@@ -342,7 +343,8 @@ class Agent:
     async def _clear_orphans(self, alerts: AlertLog) -> None:
         """Clear active alerts whose machine or rule is no longer in the config."""
         known = {f"{r.machine}/{r.id}" for r in self.cfg.rules}
-        known |= {f"{m.id}/{own}" for m in self.cfg.machines for own in (OFFLINE, FLOOD)}  # the runner clears a flood
+        own = (OFFLINE, FLOOD, UNREADABLE)  # the runner clears a flood, and an unreadable alert no rule needs
+        known |= {f"{m.id}/{rule}" for m in self.cfg.machines for rule in own}
         orphans = [a for key, a in alerts.active.items() if key not in known]
         if not orphans:
             return
