@@ -27,9 +27,12 @@ def alert_doc(
     rule: str = "tool1-wear",
     message: str | None = None,
     site: str | None = "plant-a",
+    rule_kind: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A CloudEvent dict; ``kind`` "acknowledged" builds the board's acknowledgement of the alert."""
+    """A CloudEvent dict; ``kind`` "acknowledged" builds the board's acknowledgement of the alert.
+    ``rule_kind`` (``data.kind``) defaults to what the rule id suggests (offline, alarms, threshold)."""
+    extra = {"kind": rule_kind or {"offline": "offline", "alarms": "alarms"}.get(rule, "threshold")} | extra
     t = Transition(
         machine,
         rule,

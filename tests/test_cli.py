@@ -95,6 +95,14 @@ def test_check_example_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> No
     assert "sink upstream: http POST https://service.example.com/andon/alerts, token from $ANDON_TOKEN" in lines
     upstream = lines.index("sink upstream: http POST https://service.example.com/andon/alerts, token from $ANDON_TOKEN")
     assert lines[upstream + 1] == "  routing: min_severity info; machines: all; takes every event type"
+    assert lines[upstream + 2 : upstream + 6] == [
+        "sink phones: ntfy topic acme-service-plant-a on https://ntfy.example.com, token from $NTFY_TOKEN, "
+        "click https://service.example.com/alerts/{alert}",
+        "  routing: min_severity warning; machines: all; takes andon.alert.* and andon.test",
+        "sink oncall: pagerduty Events API v2 https://events.pagerduty.com/v2/enqueue, "
+        "routing key from $PD_ROUTING_KEY",
+        "  routing: min_severity critical; machines: all; takes andon.alert.* and andon.test",
+    ]
 
 
 def test_check_demo(capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,6 +33,8 @@ from agent.config.base import KeyProblem, read_secret
 from agent.errors import ConfigError
 from agent.sinks.base import sink_secret
 from agent.sinks.http import HttpSinkConfig
+from agent.sinks.ntfy import NtfySinkConfig
+from agent.sinks.pagerduty import PagerDutySinkConfig
 from agent.sinks.registry import SINKS
 from drivers.modbus.config import ModbusMachine, ModbusSignal
 from drivers.opcua.config import OpcuaMachine, OpcuaSignal
@@ -118,11 +120,19 @@ def test_example_loads() -> None:
 
     assert cfg.status.listen == "127.0.0.1:9108"
     assert (cfg.outbox.max_events, cfg.outbox.batch_size) == (100_000, 500)
-    (sink,) = cfg.sinks
+    sink, phones, oncall = cfg.sinks
     assert isinstance(sink, HttpSinkConfig)
     assert (sink.id, sink.kind, sink.token_env, sink.token_file) == ("upstream", "http", "ANDON_TOKEN", None)
     assert sink.url.startswith("https://")
-    assert (sink.timeout, sink.retry_max) == (10.0, 60.0)
+    assert (sink.timeout, sink.retry_max, sink.min_severity, sink.machines) == (10.0, 60.0, "info", None)
+    assert isinstance(phones, NtfySinkConfig) and isinstance(oncall, PagerDutySinkConfig)
+    assert (phones.topic, phones.min_severity, phones.token_env) == ("acme-service-plant-a", "warning", "NTFY_TOKEN")
+    assert phones.click == "https://service.example.com/alerts/{alert}"
+    assert (oncall.url, oncall.routing_key_env, oncall.min_severity) == (
+        "https://events.pagerduty.com/v2/enqueue",
+        "PD_ROUTING_KEY",
+        "critical",
+    )
 
 
 # Every key of every section, by the name used in the file (the alias where there is one).
@@ -493,6 +503,32 @@ BAD = [
         "sink names no machine", "sinks[0].machines[1]", "no machine with id 'm2'", {"sink": 'machines = ["m1", "m2"]'}
     ),
     Bad("unknown sink min_severity", "sinks[0].min_severity", "got 'high'", {"sink": 'min_severity = "high"'}),
+    Bad(
+        "ntfy topic with a slash",
+        "sinks[1].topic",
+        "should match pattern",
+        {"extra": '[[sinks]]\nid = "phones"\nkind = "ntfy"\nurl = "https://ntfy.sh"\ntopic = "plant/a"'},
+    ),
+    Bad(
+        "ntfy click with an unknown field",
+        "sinks[1].click",
+        r"unknown field\(s\) \['serial'\]",
+        {
+            "extra": '[[sinks]]\nid = "phones"\nkind = "ntfy"\nurl = "https://ntfy.sh"\ntopic = "a"\nclick = "https://x/{serial}"'
+        },
+    ),
+    Bad(
+        "pagerduty without a routing key",
+        "sinks[1].routing_key_env",
+        "set `routing_key_env` or `routing_key_file`",
+        {"extra": '[[sinks]]\nid = "oncall"\nkind = "pagerduty"'},
+    ),
+    Bad(
+        "pagerduty with two routing keys",
+        "sinks[1].routing_key_file",
+        "at most one of",
+        {"extra": '[[sinks]]\nid = "oncall"\nkind = "pagerduty"\nrouting_key_env = "K"\nrouting_key_file = "/k"'},
+    ),
     Bad("bad id", "machines[0].id", "should match pattern", replace=(('id = "m1"', 'id = "press 1"'),)),
     Bad("wrong value type", "machines[0].port", "valid integer", {"machine": 'port = "five"'}),
 ]

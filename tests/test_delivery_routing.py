@@ -20,8 +20,8 @@ from agent.pipeline.delivery import Delivery
 from agent.pipeline.outbox import AsyncOutbox, Outbox
 from agent.sinks.base import Sink
 from agent.sinks.http import HttpSink, HttpSinkConfig
-from agent.sinks.ntfy import NtfySink
-from agent.sinks.pagerduty import PagerDutySink
+from agent.sinks.ntfy import NtfySink, NtfySinkConfig
+from agent.sinks.pagerduty import PagerDutySink, PagerDutySinkConfig
 from agent.sinks.routing import Route
 from tests.fake_services import FakeNtfy, FakePagerDuty, Scripted
 from tests.people_events import GATEWAY, ROUTING_KEY, alert_doc, stored
@@ -86,12 +86,16 @@ async def delivering(delivery: Delivery) -> AsyncIterator[Delivery]:
             await task
 
 
-def ntfy_sink(server: FakeNtfy, client: httpx.AsyncClient, **kw: Any) -> NtfySink:
-    return NtfySink("phones", url=server.url, topic="plant-a", gateway=GATEWAY, client=client, token=None, **kw)
+def ntfy_sink(server: FakeNtfy, client: httpx.AsyncClient, rate_limit_wait: float = 5.0) -> NtfySink:
+    cfg = NtfySinkConfig.model_validate({"id": "phones", "kind": "ntfy", "url": server.url, "topic": "plant-a"})
+    return NtfySink(cfg, client, None, rate_limit_wait=rate_limit_wait)
 
 
 def pd_sink(server: FakePagerDuty, client: httpx.AsyncClient) -> PagerDutySink:
-    return PagerDutySink("oncall", routing_key=ROUTING_KEY, gateway=GATEWAY, client=client, url=server.url)
+    cfg = PagerDutySinkConfig.model_validate(
+        {"id": "oncall", "kind": "pagerduty", "url": server.url, "routing_key_env": "PD_ROUTING_KEY"}
+    )
+    return PagerDutySink(cfg, client, ROUTING_KEY)
 
 
 def seqs(messages: list[dict[str, Any]]) -> list[int]:

@@ -16,6 +16,7 @@ from agent.sinks.ntfy import (
     MAX_MESSAGE_BYTES,
     RATE_LIMIT_WAIT,
     NtfySink,
+    NtfySinkConfig,
     check_click,
     humanize,
     judge,
@@ -31,7 +32,7 @@ SEQ_ID = sequence_id(GATEWAY, "press-1/tool1-wear")
 
 
 def publish(doc: dict[str, Any], click: str | None = CLICK) -> dict[str, Any]:
-    return ntfy_message(doc, topic="acme-plant-a", gateway=GATEWAY, click=click)
+    return ntfy_message(doc, topic="acme-plant-a", click=click)
 
 
 # -- the publish body --------------------------------------------------------------------------
@@ -190,8 +191,14 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def ntfy_sink(server: FakeNtfy, client: httpx.AsyncClient, token: str | None = "tk_secret", **kw: Any) -> NtfySink:
-    return NtfySink("phones", url=server.url, topic="acme-plant-a", gateway=GATEWAY, client=client, token=token, **kw)
+def ntfy_config(url: str, **keys: Any) -> NtfySinkConfig:
+    return NtfySinkConfig.model_validate({"id": "phones", "kind": "ntfy", "url": url, "topic": "acme-plant-a"} | keys)
+
+
+def ntfy_sink(
+    server: FakeNtfy, client: httpx.AsyncClient, token: str | None = "tk_secret", wait: float = 5.0, **keys: Any
+) -> NtfySink:
+    return NtfySink(ntfy_config(server.url, **keys), client, token, rate_limit_wait=wait)
 
 
 LIFECYCLE = [
@@ -251,7 +258,7 @@ async def test_timeouts_and_a_dead_server(ntfy: FakeNtfy, client: httpx.AsyncCli
     await dead.start()
     url = dead.url
     await dead.stop()
-    sink = NtfySink("phones", url=url, topic="t", gateway=GATEWAY, client=client, token=None)
+    sink = NtfySink(ntfy_config(url), client, None)
     with pytest.raises(RetryLater, match="ConnectError") as refused:
         await sink.send([stored(LIFECYCLE[0])])
     assert refused.value.accepted == 0

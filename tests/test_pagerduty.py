@@ -4,22 +4,30 @@ against a fake Events API on 127.0.0.1 that checks requests and answers as Pager
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from agent.errors import DeliveryError, Rejected, RetryLater
-from agent.sinks.pagerduty import MAX_DEDUP_KEY, PagerDutySink, dedup_key, judge, pagerduty_events
+from agent.errors import ConfigError, DeliveryError, Rejected, RetryLater
+from agent.sinks.pagerduty import (
+    MAX_DEDUP_KEY,
+    PLUGIN,
+    PagerDutySink,
+    PagerDutySinkConfig,
+    dedup_key,
+    judge,
+    pagerduty_events,
+)
 from tests.fake_services import FakePagerDuty, Scripted
 from tests.people_events import GATEWAY, ROUTING_KEY, alert_doc, send_test_doc, stored
 
-KINDS = {"tool1-wear": "threshold", "spindle-fault": "fault"}
 KEY = f"{GATEWAY}/press-1/tool1-wear"
 
 
 def bodies(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    return pagerduty_events(doc, routing_key=ROUTING_KEY, gateway=GATEWAY, kinds=KINDS)
+    return pagerduty_events(doc, routing_key=ROUTING_KEY)
 
 
 # -- the bodies --------------------------------------------------------------------------------
@@ -69,7 +77,10 @@ def test_summary_class_and_group_edges() -> None:
     empty = bodies(alert_doc(1, "raised", "warning", message=""))[0]["payload"]
     assert empty["summary"] == "press-1/tool1-wear is warning"
     assert bodies(alert_doc(1, rule="offline"))[0]["payload"]["class"] == "offline"
-    assert bodies(alert_doc(1, rule="unknown-rule"))[0]["payload"]["class"] == "unknown-rule"
+    assert bodies(alert_doc(1, rule="spindle-fault", rule_kind="fault"))[0]["payload"]["class"] == "fault"
+    no_kind = alert_doc(1, rule="old-rule")
+    del no_kind["data"]["kind"]  # an event from before data.kind: the rule id
+    assert bodies(no_kind)[0]["payload"]["class"] == "old-rule"
     assert "group" not in bodies(alert_doc(1, site=None))[0]["payload"]
     assert bodies({"type": "andon.usage.summary", "data": {}}) == []
 
@@ -126,8 +137,14 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+def pd_config(url: str) -> PagerDutySinkConfig:
+    return PagerDutySinkConfig.model_validate(
+        {"id": "oncall", "kind": "pagerduty", "url": url, "routing_key_env": "PD_ROUTING_KEY"}
+    )
+
+
 def pd_sink(server: FakePagerDuty, client: httpx.AsyncClient, key: str = ROUTING_KEY) -> PagerDutySink:
-    return PagerDutySink("oncall", routing_key=key, gateway=GATEWAY, client=client, url=server.url, kinds=KINDS)
+    return PagerDutySink(pd_config(server.url), client, key)
 
 
 async def test_trigger_then_resolve(pagerduty: FakePagerDuty, client: httpx.AsyncClient) -> None:
@@ -176,3 +193,18 @@ async def test_overload_says_how_many_were_taken(pagerduty: FakePagerDuty, clien
     with pytest.raises(RetryLater, match="429") as info:
         await pd_sink(pagerduty, client).send([stored(d) for d in docs])
     assert info.value.accepted == 2
+
+
+def test_the_routing_key_comes_from_the_environment_or_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = pd_config("https://events.pagerduty.com/v2/enqueue")
+    monkeypatch.delenv("PD_ROUTING_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"^sinks\[2\]\.routing_key_env: environment variable PD_ROUTING_KEY"):
+        PLUGIN.secrets(cfg, 2)
+    monkeypatch.setenv("PD_ROUTING_KEY", ROUTING_KEY + "\n")
+    assert PLUGIN.secrets(cfg, 2) == {"routing_key": ROUTING_KEY}
+    (tmp_path / "key").write_text(ROUTING_KEY)
+    from_file = PagerDutySinkConfig.model_validate(
+        {"id": "oncall", "kind": "pagerduty", "routing_key_file": str(tmp_path / "key")}
+    )
+    assert PLUGIN.secrets(from_file, 0) == {"routing_key": ROUTING_KEY}
+    assert ROUTING_KEY not in PLUGIN.describe(from_file) and "routing key from" in PLUGIN.describe(from_file)

@@ -196,14 +196,14 @@ def test_kind_table(rule: Any, steps: list[tuple[float, Any]], expected: list[tu
 
 def test_code_transitions_carry_the_code_and_its_meaning() -> None:
     raised, updated, cleared = transitions(code(name="the controller"), [(0, 12), (1, 77), (2, 0)])
-    assert raised.extra == {"code": 12, "code_text": "Spindle overload"}
+    assert raised.extra == {"code": 12, "code_text": "Spindle overload", "kind": "code"}
     assert raised.message == (
         "m1 reports fault 12 on the controller: Spindle overload (critical): "
         "check the machine now, then reset the fault"
     )
     assert updated.extra["code"] == 77 and "77" in updated.message and "manual" in updated.message
     assert updated.severity is W
-    assert cleared.extra == {"code": 0} and "no fault" in cleared.message
+    assert cleared.extra == {"code": 0, "kind": "code"} and "no fault" in cleared.message
 
 
 def test_restored_code_alert_adopts_the_code_without_an_update() -> None:
@@ -214,16 +214,18 @@ def test_restored_code_alert_adopts_the_code_without_an_update() -> None:
 
 def test_tool_life_data_carries_the_remaining_life() -> None:
     warned, critical, cleared = transitions(tool_life(name="punch 3"), [(0, 92), (1, 103), (2, 0)])
-    assert warned.extra == {"remaining": 8} and warned.threshold == 90
+    assert warned.extra == {"remaining": 8, "kind": "tool_life"} and warned.threshold == 90
     assert warned.message == (
         "punch 3 on m1 has 8% of tool life left (counter 92%, life ends at 100%): have a new tool ready and "
         "change it at the next stop"
     )
-    assert critical.extra == {"remaining": -3} and critical.threshold == 100
+    assert critical.extra == {"remaining": -3, "kind": "tool_life"} and critical.threshold == 100
     assert "change the tool now" in critical.message and "has 0% of tool life left" in critical.message
-    assert cleared.kind is C and cleared.extra == {"remaining": 100} and "new tool" in cleared.message
+    assert (
+        cleared.kind is C and cleared.extra == {"remaining": 100, "kind": "tool_life"} and "new tool" in cleared.message
+    )
     down = transitions(tool_life(direction="down", limit=None, warning_remaining=50), [(0, 40)])
-    assert down[0].extra == {"remaining": 40} and down[0].threshold == 50
+    assert down[0].extra == {"remaining": 40, "kind": "tool_life"} and down[0].threshold == 50
 
 
 def test_forecast_warns_ahead_with_the_time_to_the_limit() -> None:
@@ -302,7 +304,7 @@ def test_stale_message_says_what_to_check() -> None:
         "stroke counter on m1 has not changed for about 5 min (stuck at 7%) although it should: check the sensor, "
         "its wiring and the PLC program"
     )
-    assert t.extra == {"unchanged_seconds": 300} and t.threshold == 10
+    assert t.extra == {"unchanged_seconds": 300, "kind": "stale"} and t.threshold == 10
 
 
 def test_chattering_raise_carries_a_note() -> None:

@@ -161,7 +161,12 @@ def test_data_fields_and_key() -> None:
         None,
         1000.0,
     )
-    assert t.extra == {"condition": "Overheat", "source": "Spindle", "condition_id": "nsu=urn:mill;s=Spindle.Overheat"}
+    assert t.extra == {
+        "kind": "alarms",
+        "condition": "Overheat",
+        "source": "Spindle",
+        "condition_id": "nsu=urn:mill;s=Spindle.Overheat",
+    }
 
 
 # -- ConditionRefresh and restarts ------------------------------------------------------------------

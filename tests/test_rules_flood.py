@@ -51,7 +51,7 @@ def test_flood_is_summarised_and_reconciled_when_it_ends() -> None:
     state, out = admit(CFG, "m1", FloodState(), [tr("a", R), tr("b", R), tr("c", R), tr("d", R), tr("e", R)], 0.0)
     track(out)
     assert sent(out) == [("a", R), ("b", R), ("c", R), ("flood", R)]
-    assert out[-1].extra == {"held_events": 1, "held_alerts": ["m1/d"]} and out[-1].signal is None
+    assert out[-1].extra == {"kind": "flood", "held_events": 1, "held_alerts": ["m1/d"]} and out[-1].signal is None
     assert "m1 raised more than 3 alerts within 1 min" in out[-1].message
     # a critical while flooding escalates the flood alert at once
     state, out = admit(CFG, "m1", state, [tr("e", U, CR, 1)], 1.0)

@@ -357,6 +357,7 @@ class MachineRunner:
                 threshold=m.offline_after,
                 message=message,
                 time=self._clock.wall(),
+                extra={"kind": OFFLINE},
             )
             try:
                 await self._alerts.commit([t])

@@ -200,7 +200,7 @@ def _transition(
             template += "{note}"
     else:
         template = DEFAULT_MESSAGES[rule.kind][kind]
-    extra = dict(cond.data)
+    extra = dict(cond.data) | {"kind": rule.kind}
     if chattering and kind is not C:
         extra["chattering"] = True
     return Transition(

@@ -112,7 +112,7 @@ def _transition(
         threshold=None,
         message=message,
         time=wall,
-        extra={"condition": event.name, "source": event.source, "condition_id": event.condition_id},
+        extra={"kind": rule.kind, "condition": event.name, "source": event.source, "condition_id": event.condition_id},
         part=key,
     )
 

@@ -60,7 +60,7 @@ def _flood_event(
         threshold=float(cfg.flood_count),
         message=message,
         time=wall,
-        extra={"held_events": state.held_count, "held_alerts": keys},
+        extra={"kind": FLOOD, "held_events": state.held_count, "held_alerts": keys},
     )
 
 
@@ -199,4 +199,5 @@ def forgotten(machine: str, severity: Severity, wall: float) -> Transition:
         threshold=None,
         message=f"{machine}: the agent restarted; its alert changes are sent one by one again",
         time=wall,
+        extra={"kind": FLOOD},
     )

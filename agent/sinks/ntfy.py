@@ -7,7 +7,8 @@ older servers ignore the field and the notifications stack).
 
 Answers (:func:`judge`): 2xx accepts. 429 (ntfy's rate limit; it sends no ``Retry-After``), 408,
 5xx and connection errors: the same event again later, with backoff, at least
-:data:`RATE_LIMIT_WAIT` after a 429 (ntfy's default refill is one message every 5 s). 400, 413 and
+:data:`RATE_LIMIT_WAIT` after a 429 (ntfy's default refill is one message every 5 s), or the
+sink's ``retry_max`` if that is shorter. 400, 413 and
 422 refuse that one event (set aside) - except ntfy's answers that say the *topic* is invalid or
 not allowed, which are the configuration's fault. Every other 4xx (401, 403: the token or the
 topic's access; 404) is the endpoint's or the credentials' fault: the events wait.
@@ -20,16 +21,23 @@ import hashlib
 import json
 import re
 import string
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
-import httpx
+from pydantic import Field, field_validator, model_validator
 
+from agent.config.base import KeyProblem
 from agent.errors import Rejected, RetryLater
 from agent.model import StoredEvent
+from agent.sinks.base import Secrets, Sink, SinkConfigBase, SinkPlugin, secret_source, sink_secret
 from agent.sinks.http import parse_retry_after
-from agent.sinks.posting import PER_EVENT_BATCH, error_text, post_each
+from agent.sinks.posting import PER_EVENT_BATCH, error_text, gateway_of, make_client, post_each
+
+if TYPE_CHECKING:
+    import httpx
 
 TOPIC = re.compile(r"^[-_A-Za-z0-9]{1,64}$")  # ntfy's own topic rule
 PRIORITY = {"critical": 5, "warning": 4, "info": 3}
@@ -46,6 +54,27 @@ _RAISED, _UPDATED, _CLEARED, _ACK = (f"andon.alert.{t}" for t in ("raised", "upd
 _TEST = "andon.test"
 _WORDS = re.compile(r"[-_.\s]+")
 _LETTER_DIGIT = re.compile(r"(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
+
+
+class NtfySinkConfig(SinkConfigBase):
+    kind: Literal["ntfy"]
+    url: str = Field(pattern=r"^https?://[^/]")  # the server's root URL: JSON publishing goes there
+    topic: str = Field(pattern=TOPIC.pattern)  # ntfy's rule: 1-64 of letters, digits, - and _
+    token_env: str | None = None  # access token ("tk_...") from this environment variable
+    token_file: Path | None = None  # ...or from this file (e.g. a systemd credential)
+    click: str | None = None  # opened when the notification is tapped: {alert} {machine} {rule}
+    ca_file: Path | None = None  # trust this CA (PEM) instead of the system store
+
+    @field_validator("click")
+    @classmethod
+    def _check_click(cls, click: str | None) -> str | None:
+        return click if click is None else check_click(click)
+
+    @model_validator(mode="after")
+    def _check(self) -> NtfySinkConfig:
+        if self.token_env and self.token_file:
+            raise KeyProblem("token_file", "set at most one of `token_env` and `token_file`")
+        return self
 
 
 def sequence_id(gateway: str, alert: str) -> str:
@@ -128,12 +157,13 @@ def _tags(kind: str, data: Mapping[str, Any]) -> list[str]:
     return tags
 
 
-def ntfy_message(event: Mapping[str, Any], *, topic: str, gateway: str, click: str | None) -> dict[str, Any]:
+def ntfy_message(event: Mapping[str, Any], *, topic: str, click: str | None) -> dict[str, Any]:
     """The JSON publish body of one event (a CloudEvent as the sink gets it). Pure."""
     kind = str(event.get("type", ""))
     data = event.get("data")
     if not isinstance(data, dict):
         data = {}
+    gateway = gateway_of(event)
     alert = str(event.get("subject") or data.get("alert") or "_gateway")
     body: dict[str, Any] = {
         "topic": topic,
@@ -141,7 +171,7 @@ def ntfy_message(event: Mapping[str, Any], *, topic: str, gateway: str, click: s
         "message": _clip_bytes(_message(kind, data, gateway), MAX_MESSAGE_BYTES),
         "priority": _priority(kind, data),
         "tags": _tags(kind, data),
-        "sequence_id": sequence_id(str(data.get("gateway") or gateway), alert),
+        "sequence_id": sequence_id(gateway, alert),
     }
     if click and kind != _TEST:
         body["click"] = render_click(click, alert, str(data.get("machine") or ""), str(data.get("rule") or ""))
@@ -181,23 +211,19 @@ class NtfySink:
 
     def __init__(
         self,
-        sink_id: str,
-        *,
-        url: str,
-        topic: str,
-        gateway: str,
+        cfg: NtfySinkConfig,
         client: httpx.AsyncClient,
         token: str | None,
-        click: str | None = None,
-        timeout: float = 10.0,
-        rate_limit_wait: float = RATE_LIMIT_WAIT,
+        *,
+        rate_limit_wait: float | None = None,
     ) -> None:
-        self.id = sink_id
-        self.url = url.rstrip("/") + "/"  # JSON publishing goes to the server's root URL
-        self.topic = topic
-        self.gateway = gateway
-        self.click = click
-        self.timeout = timeout
+        self.id = cfg.id
+        self.url = cfg.url.rstrip("/") + "/"  # JSON publishing goes to the server's root URL
+        self.topic = cfg.topic
+        self.click = cfg.click
+        self.timeout = cfg.timeout  # each request, start to end
+        if rate_limit_wait is None:  # ntfy's refill, but never above the sink's own cap of the backoff
+            rate_limit_wait = min(RATE_LIMIT_WAIT, cfg.retry_max)
         self._judge = functools.partial(judge, rate_limit_wait=rate_limit_wait)
         self._client = client
         self._headers = {"Content-Type": "application/json", "User-Agent": "andon-agent"}
@@ -208,8 +234,30 @@ class NtfySink:
         return f"NtfySink(id={self.id!r}, url={self.url!r}, topic={self.topic!r})"
 
     def message(self, event: StoredEvent) -> dict[str, Any]:
-        return ntfy_message(json.loads(event.body), topic=self.topic, gateway=self.gateway, click=self.click)
+        return ntfy_message(json.loads(event.body), topic=self.topic, click=self.click)
 
     async def send(self, events: Sequence[StoredEvent]) -> None:
         requests = [[self.message(e)] for e in events]
         await post_each(self._client, self.url, requests, self._headers, self.timeout, self._judge)
+
+
+def _secrets(cfg: NtfySinkConfig, index: int) -> Secrets:
+    token = sink_secret(index, "token", cfg.token_env, cfg.token_file)
+    return {"token": token} if token else {}
+
+
+@asynccontextmanager
+async def open_sink(cfg: NtfySinkConfig, secrets: Secrets) -> AsyncIterator[Sink]:
+    """The sink with its own HTTP client, closed on leaving."""
+    async with make_client(cfg.timeout, cfg.ca_file) as client:
+        yield NtfySink(cfg, client, secrets.get("token"))
+
+
+def describe(cfg: NtfySinkConfig) -> str:
+    click = f", click {cfg.click}" if cfg.click else ""
+    return f"ntfy topic {cfg.topic} on {cfg.url}{secret_source('token', cfg.token_env, cfg.token_file)}{click}"
+
+
+PLUGIN = SinkPlugin(
+    kind="ntfy", config=NtfySinkConfig, secrets=_secrets, open=open_sink, describe=describe, alerts_only=True
+)

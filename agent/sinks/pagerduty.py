@@ -17,25 +17,47 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
+from pydantic import Field, model_validator
 
+from agent.config.base import KeyProblem
 from agent.errors import Rejected, RetryLater
 from agent.model import StoredEvent
+from agent.sinks.base import Secrets, Sink, SinkConfigBase, SinkPlugin, secret_source, sink_secret
 from agent.sinks.http import parse_retry_after
-from agent.sinks.posting import PER_EVENT_BATCH, error_text, post_each
+from agent.sinks.posting import PER_EVENT_BATCH, error_text, gateway_of, make_client, post_each
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_URL = "https://events.pagerduty.com/v2/enqueue"
 MAX_SUMMARY = 1024
 MAX_DEDUP_KEY = 255
 SEVERITIES = frozenset({"critical", "error", "warning", "info"})
-OWN_KINDS = {"offline": "offline", "flood": "flood"}  # the agent's own alerts' rule ids are their class
 
 _RAISED, _UPDATED, _CLEARED, _ACK = (f"andon.alert.{t}" for t in ("raised", "updated", "cleared", "acknowledged"))
 _TEST = "andon.test"
 TEST_ALERT = "_gateway/test"
+
+
+class PagerDutySinkConfig(SinkConfigBase):
+    kind: Literal["pagerduty"]
+    url: str = Field(default=DEFAULT_URL, pattern=r"^https?://[^/]")  # the EU service has its own host
+    routing_key_env: str | None = None  # the integration's routing key from this environment variable
+    routing_key_file: Path | None = None  # ...or from this file (e.g. a systemd credential)
+    ca_file: Path | None = None  # trust this CA (PEM) instead of the system store
+
+    @model_validator(mode="after")
+    def _check(self) -> PagerDutySinkConfig:
+        if self.routing_key_env and self.routing_key_file:
+            raise KeyProblem("routing_key_file", "set at most one of `routing_key_env` and `routing_key_file`")
+        if not self.routing_key_env and self.routing_key_file is None:
+            raise KeyProblem("routing_key_env", "set `routing_key_env` or `routing_key_file` (the routing key)")
+        return self
 
 
 def dedup_key(gateway: str, alert: str) -> str:
@@ -47,13 +69,13 @@ def dedup_key(gateway: str, alert: str) -> str:
 
 
 def _trigger(
-    event: Mapping[str, Any], data: Mapping[str, Any], routing_key: str, key: str, klass: str
+    event: Mapping[str, Any], data: Mapping[str, Any], routing_key: str, key: str, source: str, klass: str
 ) -> dict[str, Any]:
     severity = str(data.get("severity") or "info")
     summary = str(data.get("message") or f"{data.get('alert') or event.get('subject')} is {severity}")
     payload: dict[str, Any] = {
         "summary": summary[:MAX_SUMMARY],
-        "source": str(data.get("gateway") or key.split("/", 1)[0]),
+        "source": source,
         "severity": severity if severity in SEVERITIES else "error",
         "timestamp": event.get("time"),
         "component": data.get("machine"),
@@ -65,29 +87,27 @@ def _trigger(
     return {"routing_key": routing_key, "event_action": "trigger", "dedup_key": key, "payload": payload}
 
 
-def pagerduty_events(
-    event: Mapping[str, Any], *, routing_key: str, gateway: str, kinds: Mapping[str, str]
-) -> list[dict[str, Any]]:
+def pagerduty_events(event: Mapping[str, Any], *, routing_key: str) -> list[dict[str, Any]]:
     """The Events API v2 bodies of one event (a CloudEvent as the sink gets it), in order. Pure.
 
-    ``kinds`` maps rule ids to their kind (``payload.class``). An event type the sink does not map
-    gives no body.
+    ``payload.class`` is the rule's kind (``data.kind``; the rule id where an event has none). An
+    event type the sink does not map gives no body.
     """
     kind = str(event.get("type", ""))
     raw = event.get("data")
     data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    source = str(data.get("gateway") or gateway)
+    source = gateway_of(event)
     if kind == _TEST:
         key = dedup_key(source, TEST_ALERT)
         test = {**data, "severity": "info", "message": data.get("message") or f"andon-agent test from {source}"}
         return [
-            _trigger(event, test, routing_key, key, "test"),
+            _trigger(event, test, routing_key, key, source, "test"),
             {"routing_key": routing_key, "event_action": "resolve", "dedup_key": key},
         ]
     key = dedup_key(source, str(event.get("subject") or data.get("alert") or ""))
     if kind in (_RAISED, _UPDATED):
-        rule = str(data.get("rule") or "")
-        return [_trigger(event, data, routing_key, key, kinds.get(rule) or OWN_KINDS.get(rule) or rule or "alert")]
+        klass = str(data.get("kind") or data.get("rule") or "alert")
+        return [_trigger(event, data, routing_key, key, source, klass)]
     action = {_CLEARED: "resolve", _ACK: "acknowledge"}.get(kind)
     return [{"routing_key": routing_key, "event_action": action, "dedup_key": key}] if action else []
 
@@ -113,23 +133,11 @@ class PagerDutySink:
 
     max_batch = PER_EVENT_BATCH
 
-    def __init__(
-        self,
-        sink_id: str,
-        *,
-        routing_key: str,
-        gateway: str,
-        client: httpx.AsyncClient,
-        url: str = DEFAULT_URL,
-        kinds: Mapping[str, str] | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        self.id = sink_id
-        self.url = url
-        self.gateway = gateway
-        self.timeout = timeout
+    def __init__(self, cfg: PagerDutySinkConfig, client: httpx.AsyncClient, routing_key: str) -> None:
+        self.id = cfg.id
+        self.url = cfg.url
+        self.timeout = cfg.timeout  # each request, start to end
         self._routing_key = routing_key
-        self._kinds = dict(kinds or {})
         self._client = client
         self._headers = {"Content-Type": "application/json", "User-Agent": "andon-agent"}
 
@@ -137,9 +145,31 @@ class PagerDutySink:
         return f"PagerDutySink(id={self.id!r}, url={self.url!r})"
 
     def bodies(self, event: StoredEvent) -> list[dict[str, Any]]:
-        doc = json.loads(event.body)
-        return pagerduty_events(doc, routing_key=self._routing_key, gateway=self.gateway, kinds=self._kinds)
+        return pagerduty_events(json.loads(event.body), routing_key=self._routing_key)
 
     async def send(self, events: Sequence[StoredEvent]) -> None:
         requests = [self.bodies(e) for e in events]
         await post_each(self._client, self.url, requests, self._headers, self.timeout, judge)
+
+
+def _secrets(cfg: PagerDutySinkConfig, index: int) -> Secrets:
+    key = sink_secret(index, "routing_key", cfg.routing_key_env, cfg.routing_key_file)
+    assert key is not None  # the model requires one of the two keys
+    return {"routing_key": key}
+
+
+@asynccontextmanager
+async def open_sink(cfg: PagerDutySinkConfig, secrets: Secrets) -> AsyncIterator[Sink]:
+    """The sink with its own HTTP client, closed on leaving."""
+    async with make_client(cfg.timeout, cfg.ca_file) as client:
+        yield PagerDutySink(cfg, client, secrets["routing_key"])
+
+
+def describe(cfg: PagerDutySinkConfig) -> str:
+    where = secret_source("routing key", cfg.routing_key_env, cfg.routing_key_file)
+    return f"pagerduty Events API v2 {cfg.url}{where}"
+
+
+PLUGIN = SinkPlugin(
+    kind="pagerduty", config=PagerDutySinkConfig, secrets=_secrets, open=open_sink, describe=describe, alerts_only=True
+)

@@ -13,23 +13,44 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-import httpx
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import Rejected, RetryLater
 from agent.sinks.base import SendTimeout
 
+if TYPE_CHECKING:
+    import httpx  # imported when a sink is made: loading a config (``check``) does not need it
+
 PER_EVENT_BATCH = 10  # events per delivery batch for a sink that posts each event on its own
 
-Judge = Callable[[httpx.Response], None]  # returns for an accepted answer, raises RetryLater or Rejected
+
+def make_client(timeout: float, ca_file: Path | None) -> httpx.AsyncClient:
+    """An HTTP client with TLS verification on (the system store, or ``ca_file`` when given)."""
+    import httpx
+
+    verify: ssl.SSLContext | bool = True
+    if ca_file is not None:
+        verify = ssl.create_default_context(cafile=str(ca_file))
+    return httpx.AsyncClient(
+        verify=verify,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+        follow_redirects=False,
+    )
+
+
+Judge = Callable[["httpx.Response"], None]  # returns for an accepted answer, raises RetryLater or Rejected
 
 
 async def post_json(
     client: httpx.AsyncClient, url: str, body: Mapping[str, Any], headers: Mapping[str, str], seconds: float
 ) -> httpx.Response:
     """POST one JSON body; transport failures and timeouts become :class:`RetryLater`."""
+    import httpx  # already loaded by make_client: a lookup
+
     content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     try:
         async with asyncio.timeout(seconds):
@@ -76,3 +97,11 @@ def error_text(response: httpx.Response, limit: int = 300) -> str:
     if isinstance(errors, list):
         words += [str(e) for e in errors]
     return f"{text}: {'; '.join(words)}"[:limit] if words else text
+
+
+def gateway_of(event: Mapping[str, Any]) -> str:
+    """The gateway an event comes from: ``data.gateway``, else its ``source`` (``/andon/<gateway>``)."""
+    data = event.get("data")
+    if isinstance(data, dict) and isinstance(data.get("gateway"), str) and data["gateway"]:
+        return str(data["gateway"])
+    return str(event.get("source") or "").removeprefix("/andon/") or "gateway"

@@ -12,8 +12,10 @@ from typing import Any
 
 from agent.sinks.base import SinkPlugin
 from agent.sinks.http import PLUGIN as HTTP
+from agent.sinks.ntfy import PLUGIN as NTFY
+from agent.sinks.pagerduty import PLUGIN as PAGERDUTY
 
-SINKS: tuple[SinkPlugin[Any], ...] = (HTTP,)
+SINKS: tuple[SinkPlugin[Any], ...] = (HTTP, NTFY, PAGERDUTY)
 
 
 def sink_plugin(kind: str) -> SinkPlugin[Any]:
