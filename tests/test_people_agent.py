@@ -3,10 +3,11 @@ receiver, a fake ntfy server and a fake PagerDuty Events API, all real servers o
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -44,8 +45,21 @@ def people_config(
         }
         | fast,
     ]
-    rules: list[dict[str, Any]] = [{**r, "chatter_count": 0} for r in WEAR_RULES]  # a fault toggled on purpose is not chattering
+    # a fault toggled on purpose is not chattering
+    rules: list[dict[str, Any]] = [{**cast(dict[str, Any], r), "chatter_count": 0} for r in WEAR_RULES]
     return make_config(port, rules=rules, sinks=sinks, outbox={"linger": "0s"})
+
+
+def count_is(kind: str, n: int, events: list[dict[str, Any]]) -> bool:
+    return len(of(events, "m1/fault", kind)) == n
+
+
+def has_at_least(n: int, items: list[dict[str, Any]]) -> bool:
+    return len(items) >= n
+
+
+def published(ntfy: FakeNtfy, n: int) -> bool:
+    return len(ntfy.messages) >= n
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:
@@ -126,9 +140,9 @@ async def test_rate_limit_and_outage_spells_lose_nothing_and_keep_order(
     async with running(cfg):
         for n in range(toggles):
             await machine.set("holding", FAULT, [0b1000])  # the fault rule: critical
-            await receiver.wait_for(lambda ev, n=n: len(of(ev, "m1/fault", "raised")) == n + 1)
+            await receiver.wait_for(functools.partial(count_is, "raised", n + 1))
             await machine.set("holding", FAULT, [0])
-            await receiver.wait_for(lambda ev, n=n: len(of(ev, "m1/fault", "cleared")) == n + 1)
+            await receiver.wait_for(functools.partial(count_is, "cleared", n + 1))
             if n == toggles // 2:
                 outage["on"] = False
         await ntfy.wait_for(lambda: len(ntfy.messages) == 2 * toggles)
@@ -154,8 +168,8 @@ async def test_a_slow_sink_never_delays_a_fast_one(
         started = time.monotonic()
         for n, value in enumerate((0b1000, 0, 0b1000, 0), start=1):
             await machine.set("holding", FAULT, [value])
-            await receiver.wait_for(lambda ev, n=n: len(ev) == n)
-            await ntfy.wait_for(lambda n=n: len(ntfy.messages) == n)
+            await receiver.wait_for(functools.partial(has_at_least, n))
+            await ntfy.wait_for(functools.partial(published, ntfy, n))
         fast = time.monotonic() - started
         await pagerduty.wait_for(lambda: len(pagerduty.events) == 4, within=15)
         slow = time.monotonic() - started
