@@ -37,16 +37,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
 from agent import __version__
-from agent.config import Duration, Id, KeyProblem
+from agent.config.base import Duration, KeyProblem
 from agent.errors import ConfigError, Rejected, RetryLater
 from agent.model import StoredEvent
+from agent.sinks.base import SinkConfigBase
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -74,12 +75,10 @@ _PLACEHOLDERS = frozenset({"site", "gateway"})
 # -- config -------------------------------------------------------------------------------------
 
 
-class MqttSinkConfig(BaseModel):
-    """``[[sinks]] kind = "mqtt"``: see CONTRACT.md and the README's MQTT section."""
+class MqttSinkConfig(SinkConfigBase):
+    """``[[sinks]] kind = "mqtt"``: see the README's MQTT section. ``timeout`` bounds connecting and
+    each PUBACK; ``retry_max`` caps the reconnect backoff."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: Id
     kind: Literal["mqtt"]
     url: str = Field(pattern=r"^mqtts?://")  # mqtt://host[:1883] or mqtts://host[:8883]
     topic: str | None = None  # default "andon/{site}/{gateway}", or "andon/{gateway}" without a site
@@ -93,8 +92,6 @@ class MqttSinkConfig(BaseModel):
     protocol: Literal["5", "3.1.1"] = "5"  # MQTT version; 3.1.1 cannot tell a refused publish from an accepted one
     in_flight: int = Field(default=64, ge=1, le=65535)  # QoS 1 messages awaiting PUBACK (capped by the broker)
     keepalive: Duration = Field(default=30.0, ge=5, le=65535)  # the broker declares the gateway gone after 1.5x
-    timeout: Duration = Field(default=10.0, gt=0)  # connecting, and each PUBACK
-    retry_max: Duration = Field(default=60.0, gt=0)  # cap of the reconnect backoff
 
     @field_validator("url")
     @classmethod
@@ -242,13 +239,15 @@ def read_password(cfg: MqttSinkConfig, index: int) -> str | None:
     if cfg.password_env:
         password = os.environ.get(cfg.password_env, "")
         if not password:
-            raise ConfigError(f"sinks[{index}].password_env: environment variable {cfg.password_env} is not set or empty")
+            key = f"sinks[{index}].password_env"
+            raise ConfigError(f"{key}: environment variable {cfg.password_env} is not set or empty")
         return password
     if cfg.password_file:
         try:
             password = cfg.password_file.read_text().rstrip("\r\n")
         except OSError as exc:
-            raise ConfigError(f"sinks[{index}].password_file: cannot read {cfg.password_file}: {exc.strerror}") from None
+            key = f"sinks[{index}].password_file"
+            raise ConfigError(f"{key}: cannot read {cfg.password_file}: {exc.strerror}") from None
         if not password:
             raise ConfigError(f"sinks[{index}].password_file: {cfg.password_file} is empty")
         return password
@@ -329,7 +328,7 @@ class MqttSink:
         self._task = asyncio.create_task(self._keep_connected(), name=f"mqtt:{self.id}")
         return self
 
-    async def __aexit__(self, *_: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         """Clean stop: ``{"online": false}`` on the status topic, then disconnect."""
         self._stopping.set()
         if self._task is None:
@@ -339,9 +338,9 @@ class MqttSink:
             task.cancel()
             await asyncio.wait({task})
 
-    async def wait_connected(self, timeout: float) -> None:
+    async def wait_connected(self, within: float) -> None:
         """Wait until the sink is connected (for callers that want to know, e.g. tests)."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             await self._up.wait()
 
     # -- sending ------------------------------------------------------------------------------
@@ -351,7 +350,7 @@ class MqttSink:
         loop = asyncio.get_running_loop()
         inflight: InFlight = deque()
         for index, event in enumerate(events):
-            kind, subject = event_meta(event.body)
+            kind, subject = (event.type, event.subject) if event.type else event_meta(event.body)
             for msg in messages_for(self.topic, kind, subject, event.body):
                 while len(inflight) >= conn.window:
                     await self._settle(conn, *inflight.popleft())

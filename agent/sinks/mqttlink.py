@@ -70,7 +70,7 @@ def connect(
 
 def content_type(value: str) -> Properties:
     """MQTT 5 PUBLISH properties carrying a content type (built once, sent with every message)."""
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.ContentType = value
     return props
 
