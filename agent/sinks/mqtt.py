@@ -200,16 +200,52 @@ class Message:
     retain: bool
 
 
-def messages_for(base: str, event_type: str | None, subject: str | None, body: bytes) -> tuple[Message, ...]:
+def messages_for(
+    base: str, event_type: str | None, subject: str | None, body: bytes, where: str | None = None
+) -> tuple[Message, ...]:
     """The messages that carry one event: always its event message; for an alert's raised or updated
-    event also its retained state, for a cleared one the empty retained message that deletes it."""
-    where = subject_topic(subject)
+    event also its retained state, for a cleared one the empty retained message that deletes it.
+    ``where``: ``subject_topic(subject)`` if the caller has it already."""
+    if where is None:
+        where = subject_topic(subject)
     event = Message(f"{base}/events/{where}", body, retain=False)
     if event_type in RETAINED_TYPES and subject:
         return event, Message(f"{base}/alerts/{where}", body, retain=True)
     if event_type == CLEARED_TYPE and subject:
         return event, Message(f"{base}/alerts/{where}", b"", retain=True)
     return (event,)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The messages of one batch, per event. ``deferred[i] = j``: event ``i`` is an alert's raised,
+    updated or cleared event whose retained state is written by a later event ``j`` of the same alert
+    in the batch (the alert's last one), so a backlog writes each alert's state once per batch."""
+
+    messages: list[tuple[Message, ...]]
+    deferred: dict[int, int]
+
+    def complete(self, failed: int) -> int:
+        """How many of the first events are accepted when event ``failed`` is the first whose messages
+        were not all acknowledged: an event whose state rides on ``failed`` or a later one is not."""
+        return min([failed, *(i for i, j in self.deferred.items() if i < failed <= j)])
+
+
+def plan_batch(base: str, events: Sequence[tuple[str | None, str | None, bytes, str]]) -> Plan:
+    """(type, subject, body, subject topic) of each event, oldest first -> the batch's :class:`Plan`."""
+    last: dict[str, int] = {}
+    for i, (kind, subject, _, where) in enumerate(events):
+        if subject and (kind in RETAINED_TYPES or kind == CLEARED_TYPE):
+            last[where] = i
+    messages: list[tuple[Message, ...]] = []
+    deferred: dict[int, int] = {}
+    for i, (kind, subject, body, where) in enumerate(events):
+        msgs = messages_for(base, kind, subject, body, where)
+        if len(msgs) == 2 and last[where] != i:
+            deferred[i] = last[where]
+            msgs = msgs[:1]
+        messages.append(msgs)
+    return Plan(messages, deferred)
 
 
 def event_meta(body: bytes) -> tuple[str | None, str | None]:
@@ -309,6 +345,7 @@ class MqttSink:
         self._password = password
         self._tls = tls
         self._properties: Properties | None = None
+        self._where: dict[str | None, str] = {}  # subject -> its topic levels (few subjects, many events)
         self._connected: _Connected | None = None
         self._up = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -347,11 +384,20 @@ class MqttSink:
 
     async def send(self, events: Sequence[StoredEvent]) -> None:
         conn = await self._ready()
+        plan = plan_batch(self.topic, [self._meta(e) for e in events])
+        try:
+            await self._publish(conn, events, plan)
+        except RetryLater as exc:
+            exc.accepted = plan.complete(exc.accepted)
+            raise
+
+    async def _publish(self, conn: _Connected, events: Sequence[StoredEvent], plan: Plan) -> None:
+        """Publish the plan's messages in order, at most ``conn.window`` in flight; raises at the first
+        message not acknowledged, with ``accepted`` = the index of its event."""
         loop = asyncio.get_running_loop()
         inflight: InFlight = deque()
-        for index, event in enumerate(events):
-            kind, subject = (event.type, event.subject) if event.type else event_meta(event.body)
-            for msg in messages_for(self.topic, kind, subject, event.body):
+        for index, msgs in enumerate(plan.messages):
+            for msg in msgs:
                 while len(inflight) >= conn.window:
                     await self._settle(conn, *inflight.popleft())
                 try:
@@ -359,13 +405,25 @@ class MqttSink:
                     fut = conn.link.publish_qos1(msg.topic, msg.payload, retain=msg.retain, properties=props)
                 except ValueError as exc:  # a topic MQTT cannot carry: this event can never be published
                     await self._drain(conn, inflight)
-                    raise Rejected(f"event {event.id}: {exc}", TOPIC_NAME_INVALID, accepted=index) from exc
+                    raise Rejected(f"event {events[index].id}: {exc}", TOPIC_NAME_INVALID, accepted=index) from exc
                 except RetryLater as exc:  # the connection is gone
                     await self._drain(conn, inflight)
                     exc.accepted = index
                     raise
                 inflight.append((index, fut, loop.time() + self.timeout, msg.topic))
         await self._drain(conn, inflight)
+
+    def _meta(self, event: StoredEvent) -> tuple[str | None, str | None, bytes, str]:
+        kind, subject = (event.type, event.subject) if event.type else event_meta(event.body)
+        return kind, subject, event.body, self._subject_topic(subject)
+
+    def _subject_topic(self, subject: str | None) -> str:
+        where = self._where.get(subject)
+        if where is None:
+            if len(self._where) >= 10_000:  # bounded: a flood of distinct subjects costs only speed
+                self._where.clear()
+            where = self._where[subject] = subject_topic(subject)
+        return where
 
     async def _drain(self, conn: _Connected, inflight: InFlight) -> None:
         while inflight:
