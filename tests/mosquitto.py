@@ -130,6 +130,7 @@ class Mosquitto:
     require_certificate: bool = False
     passwords: Path | None = None
     acl: str | None = None  # the text of an ACL file
+    extra: tuple[str, ...] = ()  # more config lines (e.g. "max_queued_messages 0")
     port: int = field(default_factory=free_port)
     proc: asyncio.subprocess.Process | None = None
 
@@ -165,6 +166,7 @@ class Mosquitto:
         if self.tls:
             lines += [f"cafile {self.tls.ca}", f"certfile {self.tls.server_cert}", f"keyfile {self.tls.server_key}"]
             lines.append(f"require_certificate {'true' if self.require_certificate else 'false'}")
+        lines += self.extra
         path = self.directory / "mosquitto.conf"
         path.write_text("\n".join(lines) + "\n")
         return path
