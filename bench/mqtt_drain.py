@@ -48,8 +48,7 @@ from tests.mosquitto import Mosquitto  # noqa: E402
 
 RATE_BUDGET = 5000.0
 RSS_BUDGET_MB = 20.0
-CYCLE = (TransitionKind.RAISED, TransitionKind.UPDATED, TransitionKind.UPDATED, TransitionKind.UPDATED)
-CYCLE += (TransitionKind.CLEARED,)
+CYCLE = (TransitionKind.RAISED, *[TransitionKind.UPDATED] * 3, TransitionKind.CLEARED)  # one alert's lifecycle
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -242,15 +241,20 @@ async def idle_cost(url: str, runs: int, seconds: float) -> tuple[list[float], l
     return without, with_mqtt, imported_without
 
 
+ME = [sys.executable, str(Path(__file__).resolve())]
+
+
 async def run_drain(args: argparse.Namespace, broker: Mosquitto) -> bool:
-    me = [sys.executable, str(Path(__file__).resolve())]
+    me = ME
     with tempfile.TemporaryDirectory(prefix="andon-mqtt-drain-", dir=args.state_dir) as tmp:
         path = Path(tmp) / "outbox.db"
         t0 = time.perf_counter()
         fill_cmd = [*me, "--fill", str(path), "--events", str(args.events)]
         out = await asyncio.to_thread(subprocess.run, fill_cmd, check=True, capture_output=True)
         size = int(out.stdout)
-        print(f"backlog: {args.events} alert events written in {time.perf_counter() - t0:.1f} s; {size / 2**20:.1f} MiB")
+        print(
+            f"backlog: {args.events} alert events written in {time.perf_counter() - t0:.1f} s; {size / 2**20:.1f} MiB"
+        )
         counter = Counter(broker.port, "andon/+/+/events/#")
         await asyncio.sleep(0.5)  # mosquitto_sub has no ready signal: give it time to subscribe
         r = await drain(path, broker.url, args.protocol, args.batch_size, args.linger)
@@ -271,7 +275,7 @@ async def run_drain(args: argparse.Namespace, broker: Mosquitto) -> bool:
         f"agent RSS: {r['start_rss'] / 2**20:.1f} MiB at the start of the drain, peak {r['peak'] / 2**20:.1f} MiB, "
         f"growth {growth:.1f} MiB (budget < {RSS_BUDGET_MB:.0f} MB)"
     )
-    return rate >= RATE_BUDGET and growth < RSS_BUDGET_MB and len(counter.ids) == r["backlog"]
+    return bool(rate >= RATE_BUDGET and growth < RSS_BUDGET_MB and len(counter.ids) == r["backlog"])
 
 
 def load() -> str:

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,7 @@ class Received:
     retain: bool
     qos: int
     content_type: str | None
+    at: float  # time.monotonic() on arrival
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -261,7 +263,7 @@ class Subscriber:
             async for m in client.messages:
                 payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
                 ctype = getattr(m.properties, "ContentType", None) if m.properties else None
-                self.messages.append(Received(m.topic.value, payload, m.retain, m.qos, ctype))
+                self.messages.append(Received(m.topic.value, payload, m.retain, m.qos, ctype, time.monotonic()))
                 self._changed.set()
 
     async def until(self, predicate: Callable[[list[Received]], bool], within: float = 10.0) -> list[Received]:

@@ -1,0 +1,332 @@
+"""A fleet on one broker: N agent processes, each a gateway watching one simulated machine, all
+publishing to one local mosquitto; what the fleet's service application sees, and what it costs.
+
+    nice -n 10 .venv/bin/python bench/fleet.py                 # 50 gateways
+    nice -n 10 .venv/bin/python bench/fleet.py --gateways 20 --rounds 5
+
+What runs: mosquitto (generated config, a free port); N simulated Modbus machines (pymodbus servers,
+in this process); N real ``python -m agent run`` processes (gateway ``gw-NNN`` on site ``plant-K``,
+ten gateways a site; one machine each, a fault rule, poll 200 ms; one ``mqtt`` sink, MQTT 5, QoS 1);
+and a service application's subscriber (aiomqtt, in this process) on ``andon/+/+/events/#``.
+
+What it measures:
+
+- start: all N gateways' retained status ``{"online": true}`` seen, from the first spawn;
+- idle (``--idle`` s): CPU of the agents (sum, and per gateway) and of the broker, RSS of each;
+- burst rounds: every machine raises its fault at once, then clears it, ``--rounds`` times; each
+  round waits until the subscriber has every gateway's event. Events/s end to end (events received
+  / time from the first change to the last event) and the latency from the register change to the
+  subscriber (it includes up to one poll interval);
+- the fleet's alert view: with every machine's fault raised, a subscriber that joins now on
+  ``andon/+/+/alerts/#`` gets every active alert of the fleet (N retained messages, one a gateway);
+  after half of them clear, N/2;
+- a clean stop of every agent: a late subscriber sees every gateway's status ``{"online": false}``;
+- what one more gateway costs: the agent's RSS and idle CPU, and the broker's memory per connected
+  gateway (its RSS with N gateways minus its RSS with none, over N).
+
+The machine this runs on is usually shared: the load average is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from drivers.modbus.sim import SimulatedMachine  # noqa: E402
+from tests.mosquitto import Mosquitto, Received, Subscriber, retained  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+FAULT = 8  # holding register 10, bit 3
+
+CONFIG = """
+[agent]
+gateway_id = "{gateway}"
+site = "{site}"
+state_dir = "{state}"
+
+[[machines]]
+id = "press-1"
+protocol = "modbus"
+host = "127.0.0.1"
+port = {port}
+poll_interval = "200ms"
+timeout = "1s"
+
+  [[machines.signals]]
+  id = "fault"
+  address = 10
+  type = "bit"
+  bit = 3
+
+[[rules]]
+id = "spindle-fault"
+machine = "press-1"
+signal = "fault"
+kind = "fault"
+severity = "critical"
+
+[status]
+listen = ""
+
+[[sinks]]
+id = "fleet"
+kind = "mqtt"
+url = "{url}"
+retry_max = "5s"
+"""
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+class Fleet:
+    def __init__(self, n: int, broker: Mosquitto, directory: Path) -> None:
+        self.n = n
+        self.broker = broker
+        self.directory = directory
+        self.machines: list[SimulatedMachine] = []
+        self.agents: list[asyncio.subprocess.Process] = []
+
+    @staticmethod
+    def gateway(i: int) -> str:
+        return f"gw-{i:03d}"
+
+    @staticmethod
+    def site(i: int) -> str:
+        return f"plant-{i // 10}"
+
+    async def start_machines(self) -> None:
+        for _ in range(self.n):
+            m = SimulatedMachine()
+            await m.start()
+            self.machines.append(m)
+
+    async def start_agents(self) -> None:
+        for i, m in enumerate(self.machines):
+            d = self.directory / self.gateway(i)
+            d.mkdir()
+            cfg = d / "agent.toml"
+            state = d / "state"
+            cfg.write_text(
+                CONFIG.format(gateway=self.gateway(i), site=self.site(i), state=state, port=m.port, url=self.broker.url)
+            )
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agent",
+                "--log-level",
+                "warning",
+                "run",
+                "--config",
+                str(cfg),
+                cwd=ROOT,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=(d / "agent.log").open("wb"),
+            )
+            self.agents.append(proc)
+
+    async def set_faults(self, indexes: range, on: bool) -> dict[str, float]:
+        """Set (or clear) the fault of these machines; returns each gateway's change time (monotonic)."""
+        changed: dict[str, float] = {}
+        for i in indexes:
+            await self.machines[i].set("holding", 10, [FAULT if on else 0])
+            changed[self.gateway(i)] = time.monotonic()
+        return changed
+
+    def footprint(self) -> tuple[list[float], float]:
+        return [rss_mib(p.pid) for p in self.agents], rss_mib(self.broker_pid)
+
+    @property
+    def broker_pid(self) -> int:
+        assert self.broker.proc is not None
+        return self.broker.proc.pid
+
+    def cpu(self) -> tuple[float, float]:
+        return sum(cpu_seconds(p.pid) for p in self.agents), cpu_seconds(self.broker_pid)
+
+    async def stop_agents(self) -> list[int]:
+        for p in self.agents:
+            p.send_signal(signal.SIGTERM)
+        return [await p.wait() for p in self.agents]
+
+    async def stop_machines(self) -> None:
+        for m in self.machines:
+            await m.stop()
+
+
+def events_of(sub: Subscriber, kind: str) -> list[tuple[str, float]]:
+    """(gateway, arrival time) of every event of this type the subscriber has received."""
+    out = []
+    for m in sub.messages:
+        if "/events/" in m.topic:
+            doc = m.json()
+            if doc["type"] == kind:
+                out.append((doc["data"]["gateway"], m.at))
+    return out
+
+
+async def round_trip(fleet: Fleet, sub: Subscriber, on: bool, within: float) -> tuple[list[float], float, float]:
+    """Change every machine; wait for every gateway's event. Returns latencies, first change, last arrival."""
+    kind = "andon.alert.raised" if on else "andon.alert.cleared"
+    before = len(events_of(sub, kind))
+    changed = await fleet.set_faults(range(fleet.n), on)
+    first = min(changed.values())
+    await sub.until(lambda _: len(events_of(sub, kind)) - before >= fleet.n, within)
+    new = events_of(sub, kind)[before:]
+    return [t - changed[gw] for gw, t in new], first, max(t for _, t in new)
+
+
+def pct(values: list[float], p: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1] if len(values) > 1 else values[0]
+
+
+async def online(broker: Mosquitto, n: int, expect: Callable[[dict[str, object]], bool]) -> int:
+    statuses = await retained(broker, "andon/+/+/status")
+    return sum(1 for m in statuses if m.payload and expect(json.loads(m.payload)))
+
+
+async def run(args: argparse.Namespace) -> int:
+    print(f"load average before: {load()}  (2 CPUs; this machine is shared)")
+    n = args.gateways
+    with tempfile.TemporaryDirectory(prefix="andon-fleet-") as tmp:
+        broker = Mosquitto(Path(tmp) / "broker", extra=("max_queued_messages 0",))
+        await broker.start()
+        fleet = Fleet(n, broker, Path(tmp))
+        try:
+            return await measure(args, fleet)
+        finally:
+            for p in fleet.agents:
+                if p.returncode is None:
+                    p.kill()
+                    await p.wait()
+            await fleet.stop_machines()
+            await broker.stop()
+            print(f"load average after: {load()}")
+
+
+async def measure(args: argparse.Namespace, fleet: Fleet) -> int:
+    n, broker = fleet.n, fleet.broker
+    broker_empty = rss_mib(fleet.broker_pid)
+    await fleet.start_machines()
+    async with Subscriber(broker, "andon/+/+/events/#", "andon/+/+/status") as sub:
+        t0 = time.monotonic()
+        await fleet.start_agents()
+
+        def all_online(ms: list[Received]) -> bool:
+            up = {m.topic for m in ms if m.topic.endswith("/status") and m.payload and json.loads(m.payload)["online"]}
+            return len(up) >= n
+
+        await sub.until(all_online, args.start_within)
+        started = time.monotonic() - t0
+        print(f"{n} gateways (agent processes, one simulated machine each) online on one mosquitto in {started:.1f} s")
+
+        await asyncio.sleep(2.0)  # let the start-up settle before measuring idle
+        cpu0, bcpu0, w0 = *fleet.cpu(), time.monotonic()
+        await asyncio.sleep(args.idle)  # idle is what is measured here
+        cpu1, bcpu1, w1 = *fleet.cpu(), time.monotonic()
+        agents_rss, broker_rss = fleet.footprint()
+        idle_agent_pct = (cpu1 - cpu0) / (w1 - w0) * 100
+        idle_broker_pct = (bcpu1 - bcpu0) / (w1 - w0) * 100
+        print(
+            f"idle {w1 - w0:.0f} s (each agent polls its machine every 200 ms): agents {idle_agent_pct:.1f} % of a CPU "
+            f"together ({idle_agent_pct / n:.2f} % each), broker {idle_broker_pct:.2f} %"
+        )
+        print(
+            f"RSS: agent median {statistics.median(agents_rss):.1f} MiB (min {min(agents_rss):.1f}, max "
+            f"{max(agents_rss):.1f}), all agents {sum(agents_rss):.0f} MiB; broker {broker_empty:.1f} MiB with no "
+            f"client, {broker_rss:.1f} MiB with {n} gateways = "
+            f"{(broker_rss - broker_empty) * 1024 / n:.0f} KiB a gateway"
+        )
+
+        latencies: list[float] = []
+        events = 0
+        spans: list[float] = []
+        cpu0, bcpu0 = fleet.cpu()
+        for _ in range(args.rounds):
+            for on in (True, False):
+                lat, first, last = await round_trip(fleet, sub, on, args.round_within)
+                latencies += lat
+                events += len(lat)
+                spans.append(last - first)
+        cpu1, bcpu1 = fleet.cpu()
+        busy = sum(spans)
+        print(
+            f"burst: {args.rounds} rounds of {n} raises then {n} clears: {events} events in {busy:.2f} s of rounds = "
+            f"{events / busy:,.0f} events/s end to end (change -> subscriber); latency median "
+            f"{statistics.median(latencies) * 1000:.0f} ms, p90 {pct(latencies, 90) * 1000:.0f} ms, "
+            f"p99 {pct(latencies, 99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms (poll 200 ms included)"
+        )
+        print(
+            f"CPU per event: agents {(cpu1 - cpu0) / events * 1000:.2f} ms, "
+            f"broker {(bcpu1 - bcpu0) / events * 1000:.3f} ms"
+        )
+
+        # The fleet's alert view: every machine faulted -> every gateway's alert retained.
+        await round_trip(fleet, sub, True, args.round_within)
+        view = await retained(broker, "andon/+/+/alerts/#")
+        gateways = {json.loads(m.payload)["data"]["gateway"] for m in view}
+        print(
+            f"a subscriber joining on andon/+/+/alerts/# got {len(view)} retained alerts from {len(gateways)} gateways"
+        )
+        ok = len(view) == n and len(gateways) == n
+        half = range(n // 2)
+        kind = "andon.alert.cleared"
+        before = len(events_of(sub, kind))
+        await fleet.set_faults(half, False)
+        await sub.until(lambda _: len(events_of(sub, kind)) - before >= len(half), args.round_within)
+        view = await retained(broker, "andon/+/+/alerts/#")
+        print(f"after {len(half)} of them cleared, a new subscriber gets {len(view)} (expected {n - len(half)})")
+        ok = ok and len(view) == n - len(half)
+
+    codes = await fleet.stop_agents()
+    offline = await online(broker, n, lambda doc: doc.get("online") is False)
+    print(f"clean stop of every agent: exit codes {sorted(set(codes))}; {offline} of {n} statuses say offline")
+    ok = ok and offline == n and set(codes) == {0}
+
+    agent_rss = statistics.median(agents_rss)
+    print(
+        f"one more gateway costs: an agent process of {agent_rss:.1f} MiB RSS and {idle_agent_pct / n:.2f} % of a CPU "
+        f"idle on its gateway; at the broker {(broker_rss - broker_empty) * 1024 / n:.0f} KiB and "
+        f"{idle_broker_pct / n:.3f} % of a CPU idle, plus {(bcpu1 - bcpu0) / events * 1000:.3f} ms of CPU per event"
+    )
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gateways", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--idle", type=float, default=20.0, help="seconds of idle measured")
+    p.add_argument("--start-within", type=float, default=300.0)
+    p.add_argument("--round-within", type=float, default=60.0)
+    return asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
