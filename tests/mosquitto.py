@@ -291,3 +291,50 @@ async def retained(broker: Mosquitto, topic_filter: str, within: float = 10.0) -
         await client.publish(marker, b"end", qos=1)
         await late.until(lambda ms: any(m.topic == marker for m in ms), within)
         return [m for m in late.messages if m.topic != marker]
+
+
+class Proxy:
+    """A TCP relay on 127.0.0.1 in front of a broker. :meth:`freeze` stops relaying the broker's bytes
+    to the clients (a link that silently stops answering); connections made later relay normally."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.broker = broker
+        self.port = 0
+        self.connections = 0
+        self._frozen: set[asyncio.StreamWriter] = set()
+        self._clients: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in self._clients:
+            w.close()
+
+    def freeze(self) -> None:
+        self._frozen.update(self._clients)
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._clients.append(client_w)
+        broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.broker.port)
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, from_broker: bool) -> None:
+            with contextlib.suppress(OSError):
+                while data := await r.read(65536):
+                    if from_broker and client_w in self._frozen:
+                        continue  # swallowed: the client waits for answers that never come
+                    w.write(data)
+                    await w.drain()
+            w.close()
+
+        await asyncio.gather(pump(client_r, broker_w, False), pump(broker_r, client_w, True))

@@ -31,7 +31,7 @@ from agent.sinks.mqtt import (
     tls_context,
     topic_level,
 )
-from tests.mosquitto import CertFiles, Mosquitto, Subscriber, make_ca, password_file, retained
+from tests.mosquitto import CertFiles, Mosquitto, Proxy, Subscriber, make_ca, password_file, retained
 
 # -- pure: topic levels, subjects, base topic, messages -------------------------------------------
 
@@ -481,3 +481,21 @@ async def test_client_certificate(tmp_path: Path, ca: CertFiles, gw: str) -> Non
                 await refused.send([event(2, "m", "r", TransitionKind.RAISED, gateway=gw, site=None)])
     finally:
         await own.stop()
+
+
+async def test_a_broker_that_stops_answering_is_left_and_the_will_says_so(broker: Mosquitto, gw: str) -> None:
+    """No PUBACK within the timeout: the events count as not accepted, the sink drops the connection
+    without a DISCONNECT (the broker publishes the will) and connects again."""
+    async with Proxy(broker) as proxy, Subscriber(broker, f"andon/lab/{gw}/status") as status:
+        cfg = MqttSinkConfig.model_validate(
+            {"id": "fleet", "kind": "mqtt", "url": proxy.url, "timeout": "1s", "retry_max": "300ms"}
+        )
+        async with MqttSink(cfg, gateway=gw, site="lab") as sink:
+            await sink.wait_connected(5)
+            proxy.freeze()
+            with pytest.raises(RetryLater, match=r"no PUBACK from .* within 1s; reconnecting") as err:
+                await sink.send([event(1, "m", "r", TransitionKind.RAISED, gateway=gw)])
+            assert err.value.accepted == 0
+            await status.until(lambda ms: [m.json()["online"] for m in ms] == [True, False, True])
+            await sink.send([event(1, "m", "r", TransitionKind.RAISED, gateway=gw)])
+            assert (sink.connections, proxy.connections) == (2, 2)
