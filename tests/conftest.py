@@ -17,6 +17,7 @@ from agent.config import Config, parse_config
 from agent.demo.receiver import Receiver
 from drivers.modbus.sim import SimulatedMachine
 from tests.fake_services import FakeNtfy, FakePagerDuty
+from tests.mosquitto import CertFiles, Mosquitto, make_ca, password_file
 
 if TYPE_CHECKING:
     from tests.opcua_fixtures import OpcuaSim
@@ -139,3 +140,33 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
 @pytest.fixture
 def stop_event() -> Iterator[asyncio.Event]:
     yield asyncio.Event()
+
+
+# Anonymous clients of the shared broker may do anything but publish events of a machine named
+# "denied" (the mqtt tests' refused publish).
+ACL = "topic readwrite #\ntopic deny andon/+/+/events/denied/#\n"
+
+
+@pytest.fixture(scope="session")
+async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mosquitto]:
+    """One real mosquitto for the session (each test uses its own gateway id, hence its own topics)."""
+    b = Mosquitto(tmp_path_factory.mktemp("mosquitto"), acl=ACL)
+    await b.start()
+    yield b
+    await b.stop()
+
+
+@pytest.fixture(scope="session")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
+    """A private test CA with a server certificate for 127.0.0.1 and a client certificate."""
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="session")
+async def tls_broker(tmp_path_factory: pytest.TempPathFactory, ca: CertFiles) -> AsyncIterator[Mosquitto]:
+    """A mosquitto speaking TLS with the test CA's certificate; users gw-secure and reader only."""
+    d = tmp_path_factory.mktemp("mosquitto-tls")
+    b = Mosquitto(d, tls=ca, passwords=password_file(d / "passwd", {"gw-secure": "s3cret-pw", "reader": "r"}))
+    await b.start()
+    yield b
+    await b.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -31,7 +31,7 @@ from agent.sinks.mqtt import (
     tls_context,
     topic_level,
 )
-from tests.mosquitto import CertFiles, Mosquitto, Proxy, Subscriber, make_ca, password_file, retained
+from tests.mosquitto import CertFiles, Mosquitto, Proxy, Subscriber, make_ca, retained
 
 # -- pure: topic levels, subjects, base topic, messages -------------------------------------------
 
@@ -238,19 +238,6 @@ def test_tls_files_are_checked(tmp_path: Path) -> None:
 # -- against a real broker ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mosquitto]:
-    """One plain broker for the session (each test uses its own gateway id, hence its own topics)."""
-    b = Mosquitto(tmp_path_factory.mktemp("mosquitto"), acl=ACL)
-    await b.start()
-    yield b
-    await b.stop()
-
-
-# Anonymous clients may do anything but publish events of machine "denied" (to test a refusal).
-ACL = "topic readwrite #\ntopic deny andon/+/+/events/denied/#\n"
-
-
 def event(
     seq: int, machine: str, rule: str, kind: TransitionKind, *, gateway: str, site: str | None = "lab"
 ) -> StoredEvent:
@@ -398,20 +385,6 @@ async def test_stop_then_start_broker_reconnects_and_says_online_again(tmp_path:
 
 
 # -- TLS, user and password ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="session")
-async def tls_broker(tmp_path_factory: pytest.TempPathFactory, ca: CertFiles) -> AsyncIterator[Mosquitto]:
-    d = tmp_path_factory.mktemp("mosquitto-tls")
-    b = Mosquitto(d, tls=ca, passwords=password_file(d / "passwd", {"gw-secure": "s3cret-pw", "reader": "r"}))
-    await b.start()
-    yield b
-    await b.stop()
 
 
 @pytest.fixture

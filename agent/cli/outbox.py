@@ -24,6 +24,7 @@ from agent.cli.common import EXIT_FATAL, EXIT_OK, add_config_option, config_erro
 from agent.config import Config
 from agent.errors import ConfigError, Rejected, RetryLater
 from agent.model import Severity, StoredEvent
+from agent.sinks.base import Origin
 
 EXIT_FAILED = EXIT_FATAL
 BUSY_TIMEOUT_MS = 10_000
@@ -214,7 +215,7 @@ async def _retry(db: sqlite3.Connection, cfg: Config, args: argparse.Namespace) 
         plugin = sink_plugin(sink_cfg.kind)
         secrets = plugin.secrets(sink_cfg, index)
         sent = refused = 0
-        async with plugin.open(sink_cfg, secrets) as sink:
+        async with plugin.open(sink_cfg, secrets, Origin(cfg.agent.gateway_id, cfg.agent.site)) as sink:
             for start in range(0, len(rows), cfg.outbox.batch_size):
                 chunk = [
                     StoredEvent(s, i, Severity.WARNING, bytes(b))

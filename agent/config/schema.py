@@ -19,8 +19,8 @@ from pydantic import Field
 from agent.config.base import MachineBase, StrictModel
 from agent.config.rules import RESERVED_RULE_IDS, Rule, StaleRule
 from agent.config.sections import AgentSection, AlertsSection, OutboxSection, StatusSection
-from agent.sinks.base import SinkConfigBase
-from agent.sinks.registry import SINKS
+from agent.sinks.base import Origin, SinkConfigBase
+from agent.sinks.registry import SINKS, sink_plugin
 from drivers.registry import PROTOCOLS
 
 
@@ -101,8 +101,12 @@ def cross_checks(cfg: Config) -> list[tuple[str, str]]:
     machines = {m.id: m for m in cfg.machines}
     for ri, r in enumerate(cfg.rules):
         errors += _rule_checks(ri, r, machines)
+    origin = Origin(cfg.agent.gateway_id, cfg.agent.site)
     for si, s in enumerate(cfg.sinks):
         for mi, machine in enumerate(s.machines or ()):
             if machine not in machines:
                 errors.append((f"sinks[{si}].machines[{mi}]", f"no machine with id {machine!r}"))
+        check = sink_plugin(s.kind).cross_check
+        if check is not None:
+            errors += [(f"sinks[{si}].{key}", problem) for key, problem in check(s, origin)]
     return errors

@@ -38,7 +38,7 @@ from agent.pipeline.runner import OFFLINE, Clock, Machine, MachineRunner
 from agent.pipeline.snapshot import take_snapshot
 from agent.rules.flood import FLOOD
 from agent.rules.unreadable import UNREADABLE
-from agent.sinks.base import Secrets, SinkConfigBase
+from agent.sinks.base import Origin, Secrets, SinkConfigBase
 from agent.sinks.registry import sink_plugin
 from drivers.base import Driver
 from drivers.registry import Drivers
@@ -229,7 +229,8 @@ class Agent:
     async def _start_sink(self, sink_cfg: SinkConfigBase, secrets: Secrets) -> None:
         assert self._tg is not None and self.outbox is not None
         stack = contextlib.AsyncExitStack()
-        sink = await stack.enter_async_context(sink_plugin(sink_cfg.kind).open(sink_cfg, secrets))
+        origin = Origin(self.cfg.agent.gateway_id, self.cfg.agent.site)
+        sink = await stack.enter_async_context(sink_plugin(sink_cfg.kind).open(sink_cfg, secrets, origin))
         delivery = Delivery(
             sink,
             self.outbox,

@@ -52,6 +52,16 @@ class SinkConfigBase(StrictModel):
 
 C = TypeVar("C", bound=SinkConfigBase)
 
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a sink's events come from, from ``[agent]``: for a sink that names the gateway outside
+    the events themselves (an MQTT topic and client id, a PagerDuty dedup key)."""
+
+    gateway: str
+    site: str | None = None
+
+
 Secrets = Mapping[str, str]
 """A sink's secrets by name (``{"token": ...}``), read from ``*_env`` / ``*_file`` at start and on reload."""
 
@@ -64,19 +74,22 @@ class SinkPlugin(Generic[C]):
     * ``secrets(cfg, index)``: reads the sink's secrets (:func:`sink_secret`); raises
       :class:`~agent.errors.ConfigError` naming ``sinks[index].<key>``. Called before anything
       starts, and on reload (a changed secret restarts the sink).
-    * ``open(cfg, secrets)``: the sink as an async context manager: entering it makes what the
-      sink holds (an HTTP client, a broker connection), leaving it closes that.
+    * ``open(cfg, secrets, origin)``: the sink as an async context manager: entering it makes what
+      the sink holds (an HTTP client, a broker connection), leaving it closes that.
     * ``describe(cfg)``: what ``check`` says of the sink after ``sink <id>:`` (no secrets).
     * ``alerts_only``: the kind takes the alert lifecycle (``andon.alert.*``) and ``andon.test``
       only (agent.sinks.routing); otherwise every event type.
+    * ``cross_check(cfg, origin)``: optional; what the sink's model cannot check alone, against
+      ``[agent]``, as (key, problem) pairs, the key relative to the sink (e.g. ``("topic", ...)``).
     """
 
     kind: str
     config: type[C]
     secrets: Callable[[C, int], Secrets]
-    open: Callable[[C, Secrets], AbstractAsyncContextManager[Sink]]
+    open: Callable[[C, Secrets, Origin], AbstractAsyncContextManager[Sink]]
     describe: Callable[[C], str]
     alerts_only: bool = False
+    cross_check: Callable[[C, Origin], Sequence[tuple[str, str]]] | None = None
 
     def route(self, cfg: SinkConfigBase) -> Route:
         """The sink's routing (agent.sinks.routing) from its config."""

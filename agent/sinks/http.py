@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from agent.config.base import KeyProblem
 from agent.errors import Rejected, RetryLater
 from agent.model import StoredEvent
-from agent.sinks.base import Secrets, SendTimeout, Sink, SinkConfigBase, SinkPlugin, secret_source, sink_secret
+from agent.sinks.base import Origin, Secrets, SendTimeout, Sink, SinkConfigBase, SinkPlugin, secret_source, sink_secret
 
 if TYPE_CHECKING:
     import httpx  # imported when a sink is made: loading a config (``check``) does not need it
@@ -134,7 +134,7 @@ def _secrets(cfg: HttpSinkConfig, index: int) -> Secrets:
 
 
 @asynccontextmanager
-async def open_sink(cfg: HttpSinkConfig, secrets: Secrets) -> AsyncIterator[Sink]:
+async def open_sink(cfg: HttpSinkConfig, secrets: Secrets, origin: Origin) -> AsyncIterator[Sink]:
     """The sink with its own HTTP client, closed on leaving."""
     async with make_client(cfg) as client:
         yield HttpSink(cfg, client, secrets.get("token"))

@@ -28,12 +28,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import ssl
 import string
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,10 +43,10 @@ from pydantic import Field, field_validator, model_validator
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
 from agent import __version__
-from agent.config.base import Duration, KeyProblem
+from agent.config.base import Duration, KeyProblem, read_secret
 from agent.errors import ConfigError, Rejected, RetryLater
 from agent.model import StoredEvent
-from agent.sinks.base import SinkConfigBase
+from agent.sinks.base import Origin, Secrets, Sink, SinkConfigBase, SinkPlugin, secret_source
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -271,27 +270,17 @@ def birth(gateway: str, site: str | None, client_id: str, now: float) -> bytes:
 
 
 def read_password(cfg: MqttSinkConfig, index: int) -> str | None:
-    """The password from the environment or a file, never from the config itself."""
-    if cfg.password_env:
-        password = os.environ.get(cfg.password_env, "")
-        if not password:
-            key = f"sinks[{index}].password_env"
-            raise ConfigError(f"{key}: environment variable {cfg.password_env} is not set or empty")
-        return password
-    if cfg.password_file:
-        try:
-            password = cfg.password_file.read_text().rstrip("\r\n")
-        except OSError as exc:
-            key = f"sinks[{index}].password_file"
-            raise ConfigError(f"{key}: cannot read {cfg.password_file}: {exc.strerror}") from None
-        if not password:
-            raise ConfigError(f"sinks[{index}].password_file: {cfg.password_file} is empty")
-        return password
-    return None
+    """The password from the environment or a file (spaces kept, line ends not), never from the config."""
+    try:
+        return read_secret("password", cfg.password_env, cfg.password_file, strip="\r\n")
+    except KeyProblem as exc:
+        raise ConfigError(f"sinks[{index}].{exc.key}: {exc}") from None
 
 
-def tls_context(cfg: MqttSinkConfig, index: int) -> ssl.SSLContext | None:
-    """Verification on (the system store, or ``ca_file``), with the client certificate if configured."""
+def tls_context(cfg: MqttSinkConfig, index: int | str) -> ssl.SSLContext | None:
+    """Verification on (the system store, or ``ca_file``), with the client certificate if configured.
+    A file that cannot be loaded is a ConfigError naming ``sinks[index].<key>`` (``index`` may be the
+    sink's id instead)."""
     if not cfg.url.startswith("mqtts://"):
         return None
     key = "ca_file"
@@ -301,7 +290,8 @@ def tls_context(cfg: MqttSinkConfig, index: int) -> ssl.SSLContext | None:
             key = "cert_file"
             ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"sinks[{index}].{key}: cannot load it: {exc.strerror or exc}") from None
+        where = f"sinks[{index}]" if isinstance(index, int) else f"sink {index}"
+        raise ConfigError(f"{where}.{key}: cannot load it: {exc.strerror or exc}") from None
     return ctx
 
 
@@ -580,3 +570,42 @@ class MqttSink:
         except (RetryLater, Rejected) as exc:
             log.warning("sink %s: could not publish the offline status (%s); the will says it", self.id, exc)
             conn.link.abort()
+
+
+# -- the plugin ---------------------------------------------------------------------------------
+
+
+def _secrets(cfg: MqttSinkConfig, index: int) -> Secrets:
+    """The password; the TLS files are loaded too, so that one that cannot be is an error before start."""
+    tls_context(cfg, index)
+    password = read_password(cfg, index)
+    return {"password": password} if password else {}
+
+
+@contextlib.asynccontextmanager
+async def open_sink(cfg: MqttSinkConfig, secrets: Secrets, origin: Origin) -> AsyncIterator[Sink]:
+    """The sink, connecting in the background from now on; leaving it is the clean stop."""
+    tls = tls_context(cfg, cfg.id)  # loaded at start already (_secrets); a file changed since is named
+    sink = MqttSink(cfg, gateway=origin.gateway, site=origin.site, password=secrets.get("password"), tls=tls)
+    async with sink:
+        yield sink
+
+
+def describe(cfg: MqttSinkConfig) -> str:
+    """``check``'s line: the broker, the topic template and where the password comes from."""
+    topic = cfg.topic or "andon/[{site}/]{gateway}"
+    password = secret_source("password", cfg.password_env, cfg.password_file)
+    return f"mqtt {cfg.url} (MQTT {cfg.protocol}, QoS 1), topic {topic}{password}"
+
+
+def cross_check(cfg: MqttSinkConfig, origin: Origin) -> list[tuple[str, str]]:
+    try:
+        base_topic(cfg.topic, origin.gateway, origin.site)
+    except ValueError as exc:
+        return [("topic", str(exc))]
+    return []
+
+
+PLUGIN = SinkPlugin(
+    kind="mqtt", config=MqttSinkConfig, secrets=_secrets, open=open_sink, describe=describe, cross_check=cross_check
+)

@@ -32,7 +32,7 @@ from pydantic import Field, field_validator, model_validator
 from agent.config.base import KeyProblem
 from agent.errors import Rejected, RetryLater
 from agent.model import StoredEvent
-from agent.sinks.base import Secrets, Sink, SinkConfigBase, SinkPlugin, secret_source, sink_secret
+from agent.sinks.base import Origin, Secrets, Sink, SinkConfigBase, SinkPlugin, secret_source, sink_secret
 from agent.sinks.http import parse_retry_after
 from agent.sinks.posting import PER_EVENT_BATCH, error_text, gateway_of, make_client, post_each
 
@@ -247,7 +247,7 @@ def _secrets(cfg: NtfySinkConfig, index: int) -> Secrets:
 
 
 @asynccontextmanager
-async def open_sink(cfg: NtfySinkConfig, secrets: Secrets) -> AsyncIterator[Sink]:
+async def open_sink(cfg: NtfySinkConfig, secrets: Secrets, origin: Origin) -> AsyncIterator[Sink]:
     """The sink with its own HTTP client, closed on leaving."""
     async with make_client(cfg.timeout, cfg.ca_file) as client:
         yield NtfySink(cfg, client, secrets.get("token"))

@@ -12,10 +12,11 @@ from typing import Any
 
 from agent.sinks.base import SinkPlugin
 from agent.sinks.http import PLUGIN as HTTP
+from agent.sinks.mqtt import PLUGIN as MQTT
 from agent.sinks.ntfy import PLUGIN as NTFY
 from agent.sinks.pagerduty import PLUGIN as PAGERDUTY
 
-SINKS: tuple[SinkPlugin[Any], ...] = (HTTP, NTFY, PAGERDUTY)
+SINKS: tuple[SinkPlugin[Any], ...] = (HTTP, NTFY, PAGERDUTY, MQTT)
 
 
 def sink_plugin(kind: str) -> SinkPlugin[Any]:
