@@ -425,7 +425,7 @@ BAD = [
         "unknown value 'gauge'.*'threshold', 'fault', 'code', 'tool_life', 'forecast', 'stale'",
         replace=(('kind = "threshold"', 'kind = "gauge"'),),
     ),
-    Bad("unknown sink kind", "sinks[0].kind", "unknown value 'mqtt'", replace=(('kind = "http"', 'kind = "mqtt"'),)),
+    Bad("unknown sink kind", "sinks[0].kind", "unknown value 'kafka'", replace=(('kind = "http"', 'kind = "kafka"'),)),
     Bad(
         "threshold without limits",
         "rules[0]",
