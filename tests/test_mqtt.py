@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+import agent
 from agent.errors import ConfigError, RetryLater
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
 from agent.pipeline.alertlog import cloudevent
@@ -323,6 +324,7 @@ async def test_birth_message_while_connected(broker: Mosquitto, gw: str) -> None
     doc = status.json()
     assert status.retain and doc["online"] is True
     assert (doc["gateway"], doc["site"], doc["client_id"]) == (gw, "lab", f"andon-{gw}")
+    assert doc["version"] == agent.__version__
 
 
 async def test_window_is_capped_by_the_brokers_receive_maximum(broker: Mosquitto, gw: str) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import logging
 import ssl
@@ -42,7 +43,6 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
-from agent import __version__
 from agent.config.base import Duration, KeyProblem, read_secret
 from agent.errors import ConfigError, Rejected, RetryLater
 from agent.model import StoredEvent
@@ -259,11 +259,19 @@ def event_meta(body: bytes) -> tuple[str | None, str | None]:
     return (kind if isinstance(kind, str) else None), (subject if isinstance(subject, str) else None)
 
 
-def birth(gateway: str, site: str | None, client_id: str, now: float) -> bytes:
+def birth(gateway: str, site: str | None, client_id: str, now: float, version: str | None) -> bytes:
     """The retained status message published once connected."""
     since = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     doc = {"online": True, "gateway": gateway, "site": site, "client_id": client_id, "since": since}
-    return json.dumps(doc | {"version": __version__}).encode()
+    return json.dumps(doc | {"version": version}).encode()
+
+
+def agent_version() -> str | None:
+    """The installed andon-agent's version, for the status message (None when not installed)."""
+    try:
+        return importlib.metadata.version("andon-agent")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 # -- secrets and TLS (read at start) ------------------------------------------------------------
@@ -332,6 +340,7 @@ class MqttSink:
         self.status_topic = f"{self.topic}/status"
         self.client_id = cfg.client_id or f"andon-{gateway}"
         self._gateway, self._site = gateway, site
+        self._version = agent_version()
         self._password = password
         self._tls = tls
         self._properties: Properties | None = None
@@ -500,7 +509,8 @@ class MqttSink:
         async with link:
             window = min(self._cfg.in_flight, link.receive_maximum or self._cfg.in_flight)
             conn = _Connected(link, window)
-            await self._publish_status(conn, birth(self._gateway, self._site, self.client_id, time.time()))
+            status = birth(self._gateway, self._site, self.client_id, time.time(), self._version)
+            await self._publish_status(conn, status)
             started = time.monotonic()
             self._went_up(conn)
             ended = asyncio.ensure_future(link.closed())
