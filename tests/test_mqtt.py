@@ -3,6 +3,7 @@ mosquitto (events, retained alert state, status and will, TLS with user and pass
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from agent.model import Severity, StoredEvent, Transition, TransitionKind
 from agent.pipeline.alertlog import cloudevent
 from agent.sinks.mqtt import (
     CONTENT_TYPE,
+    STOP_WAIT,
     MqttSink,
     MqttSinkConfig,
     base_topic,
@@ -474,3 +476,37 @@ async def test_a_broker_that_stops_answering_is_left_and_the_will_says_so(broker
             await status.until(lambda ms: [m.json()["online"] for m in ms] == [True, False, True])
             await sink.send([event(1, "m", "r", TransitionKind.RAISED, gateway=gw)])
             assert (sink.connections, proxy.connections) == (2, 2)
+
+
+async def test_a_clean_stop_is_quick_when_the_broker_hangs(broker: Mosquitto, gw: str) -> None:
+    """The offline status gets STOP_WAIT; when its PUBACK does not come the connection is dropped
+    (the will says offline too), and the stop does not wait for the 10 s timeout."""
+    loop = asyncio.get_running_loop()
+    async with Proxy(broker) as proxy, Subscriber(broker, f"andon/lab/{gw}/status") as status:
+        cfg = MqttSinkConfig.model_validate({"id": "fleet", "kind": "mqtt", "url": proxy.url, "timeout": "10s"})
+        async with MqttSink(cfg, gateway=gw, site="lab") as sink:
+            await sink.wait_connected(5)
+            proxy.freeze()
+            started = loop.time()
+        assert loop.time() - started < STOP_WAIT + 1.0
+        await status.until(lambda ms: len(ms) >= 2 and not ms[-1].json()["online"])
+
+
+async def test_a_stop_while_connecting_is_at_once() -> None:
+    """A broker that takes the TCP connection and never answers CONNECT: the stop does not wait."""
+    loop = asyncio.get_running_loop()
+    connected = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        await reader.read()  # until the client goes
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        cfg = MqttSinkConfig.model_validate({"id": "fleet", "kind": "mqtt", "url": f"mqtt://127.0.0.1:{port}"})
+        async with MqttSink(cfg, gateway="gw-silent", site=None):
+            await asyncio.wait_for(connected.wait(), 5)
+            started = loop.time()
+        assert loop.time() - started < 0.5

@@ -64,6 +64,7 @@ RETAINED_TYPES = frozenset({"andon.alert.raised", "andon.alert.updated"})
 CLEARED_TYPE = "andon.alert.cleared"
 GATEWAY_SUBJECT = "_gateway"
 ONLINE_FALSE = b'{"online": false}'
+STOP_WAIT = 2.0  # a clean stop: the offline status and the DISCONNECT take at most this long
 STABLE_AFTER = 10.0  # a connection that lasted this long was good: the next reconnect starts without backoff
 PAYLOAD_FORMAT_INVALID = 0x99  # the one PUBACK refusal that is about the event, not the gateway's rights
 TOPIC_NAME_INVALID = 0x90
@@ -346,6 +347,7 @@ class MqttSink:
         self._properties: Properties | None = None
         self._where: dict[str | None, str] = {}  # subject -> its topic levels (few subjects, many events)
         self._connected: _Connected | None = None
+        self._link: Link | None = None  # the connection being made or used
         self._up = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -365,14 +367,23 @@ class MqttSink:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        """Clean stop: ``{"online": false}`` on the status topic, then disconnect."""
+        """Clean stop, within about :data:`STOP_WAIT`: ``{"online": false}`` on the status topic, then
+        disconnect. Not connected (connecting, or waiting to reconnect): stop at once."""
         self._stopping.set()
-        if self._task is None:
+        task = self._task
+        if task is None:
             return
-        _, late = await asyncio.wait({self._task}, timeout=self.timeout + 1.0)
-        for task in late:
-            task.cancel()
-            await asyncio.wait({task})
+        if self._connected is None:
+            self._end(task)
+        _, late = await asyncio.wait({task}, timeout=STOP_WAIT + 1.0)
+        if late:
+            self._end(task)
+            await asyncio.wait({task}, timeout=1.0)
+
+    def _end(self, task: asyncio.Task[None]) -> None:
+        if self._link is not None:
+            self._link.abort()  # so that leaving the link does not wait for a broker that does not answer
+        task.cancel()
 
     async def wait_connected(self, within: float) -> None:
         """Wait until the sink is connected (for callers that want to know, e.g. tests)."""
@@ -505,12 +516,12 @@ class MqttSink:
     async def _session(self) -> None:
         """One connection, from connect to its end. Returns when it ended after being stable or for the
         clean stop; raises when it could not connect or ended early."""
-        link = self._link()
+        self._link = link = self._new_link()
         async with link:
             window = min(self._cfg.in_flight, link.receive_maximum or self._cfg.in_flight)
             conn = _Connected(link, window)
             status = birth(self._gateway, self._site, self.client_id, time.time(), self._version)
-            await self._publish_status(conn, status)
+            await self._publish_status(conn, status, self.timeout)
             started = time.monotonic()
             self._went_up(conn)
             ended = asyncio.ensure_future(link.closed())
@@ -532,7 +543,7 @@ class MqttSink:
         if time.monotonic() - started < STABLE_AFTER:
             raise _ShortLived(self.last_error or "connection lost")
 
-    def _link(self) -> Link:
+    def _new_link(self) -> Link:
         from agent.sinks import mqttlink  # aiomqtt and paho only once an mqtt sink connects
 
         if self._cfg.protocol == "5" and self._properties is None:
@@ -569,14 +580,14 @@ class MqttSink:
             self.topic,
         )
 
-    async def _publish_status(self, conn: _Connected, payload: bytes) -> None:
+    async def _publish_status(self, conn: _Connected, payload: bytes, within: float) -> None:
         fut = conn.link.publish_qos1(self.status_topic, payload, retain=True, properties=None)
-        await self._settle(conn, 0, fut, asyncio.get_running_loop().time() + self.timeout, self.status_topic)
+        await self._settle(conn, 0, fut, asyncio.get_running_loop().time() + within, self.status_topic)
 
     async def _go_offline(self, conn: _Connected) -> None:
         """The clean stop's ``{"online": false}``; if the broker does not take it, the will says it."""
         try:
-            await self._publish_status(conn, ONLINE_FALSE)
+            await self._publish_status(conn, ONLINE_FALSE, min(self.timeout, STOP_WAIT))
         except (RetryLater, Rejected) as exc:
             log.warning("sink %s: could not publish the offline status (%s); the will says it", self.id, exc)
             conn.link.abort()
