@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
 import re
+import sqlite3
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -412,3 +416,57 @@ def test_alert_state_stored_before_acknowledgements_existed_still_loads() -> Non
     a = ActiveAlert.from_json("press-1/wear", old)
     assert (a.severity, a.signal, a.value, a.acknowledged) == (Severity.WARNING, None, None, False)
     assert ActiveAlert.from_json("press-1/wear", a.to_json()) == a
+
+
+# -- a commit cancelled while the worker thread is inside append -------------------------------
+
+
+@contextlib.contextmanager
+def writer_held(ob: AsyncOutbox, db_path: Path) -> Iterator[tuple[threading.Event, Callable[[], None]]]:
+    """Another connection holds the write lock, so the outbox's next transaction waits inside BEGIN.
+
+    Yields (inside, release): ``inside`` is set once the worker thread has started that BEGIN (the
+    real SQLite file's busy handler keeps it there); ``release`` lets it go on.
+    """
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    inside = threading.Event()
+    ob.sync.db.set_trace_callback(lambda sql: inside.set() if sql.startswith("BEGIN") else None)
+
+    def release() -> None:
+        blocker.execute("COMMIT")
+
+    try:
+        yield inside, release
+    finally:
+        ob.sync.db.set_trace_callback(None)
+        if blocker.in_transaction:
+            blocker.execute("COMMIT")
+        blocker.close()
+
+
+@pytest.mark.parametrize("cut", ["commit", "report_drops"])
+async def test_cancelling_a_commit_inside_append_keeps_the_log_in_step_with_the_disk(db_path: Path, cut: str) -> None:
+    async with AsyncOutbox(Outbox(db_path, max_events=4)) as ob:
+        await ob.call(ob.sync.set_sinks, ["s"])
+        seen: list[int] = []
+        log = await open_log(ob, on_commit=[lambda: seen.append(-1)], observers=[lambda t, e: seen.append(e.seq)])
+        before = await log.commit([tr(rule=f"r{n}") for n in range(6)])  # two dropped: a notice is due
+        await ob.call(ob.sync.settle, "s", before[-1].seq)  # delivered: the file holds no event now
+        seen.clear()
+        with writer_held(ob, db_path) as (inside, release):
+            work = log.commit([tr(rule="cut")]) if cut == "commit" else log.report_drops()
+            task = asyncio.create_task(work)
+            assert await asyncio.to_thread(inside.wait, 5)  # the worker thread is inside append
+            task.cancel()  # a reload stops the machine (or a sink) right now
+            await asyncio.sleep(0)
+            release()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        on_disk = await ob.call(ob.sync.pending, "s", 10)
+        assert [e.seq for e in on_disk] == [before[-1].seq + 1]  # the cut job did commit
+        assert seen == ([on_disk[0].seq] if cut == "commit" else []) + [-1]  # observed, and the sinks woken
+        assert ("press-1/cut" in log.active) == (cut == "commit") == ("press-1/cut" in await ob.call(ob.sync.alerts))
+        (after,) = await log.commit([tr(rule="after")])  # no UNIQUE failure, no seq reused below the cursor
+        assert after.seq == before[-1].seq + 2
+        assert [e.seq for e in await ob.call(ob.sync.pending, "s", 10)] == [after.seq - 1, after.seq]

@@ -1,15 +1,22 @@
 """The alert lifecycle: transitions become CloudEvents, committed with the alert state they change.
 
-:class:`AlertLog` owns the ``seq`` counter and the persisted state of every active alert. A
-transition counts as emitted only once :meth:`AlertLog.commit` has returned: the event is then on
-disk (synced) in the outbox, together with the new alert state, so a restart neither loses the event
-nor raises an alert that is still active a second time.
+:class:`AlertLog` owns the persisted state of every active alert. A transition counts as emitted
+only once :meth:`AlertLog.commit` has returned: the event is then on disk (synced) in the outbox,
+together with the new alert state, so a restart neither loses the event nor raises an alert that is
+still active a second time.
+
+``seq`` is not kept here: the outbox numbers each event inside the transaction that stores it
+(:meth:`Outbox.emit`), so no caller can reuse one. Cancelling a commit (a reload stopping a
+machine, a stop cutting a sink short) never leaves :attr:`AlertLog.active` behind the disk: the
+worker thread's job runs to its end, the cancelled commit waits for it, applies what it did, and
+only then lets the cancellation through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -21,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
-from agent.pipeline.outbox import AsyncOutbox, DropReport
+from agent.pipeline.outbox import AsyncOutbox, Draft, DropReport, finished, succeeded
 
 log = logging.getLogger("andon.alerts")
 
@@ -206,14 +213,56 @@ class AlertLog:
         self._on_commit = list(on_commit)
         self._observers = list(observers)
         self._lock = asyncio.Lock()
-        self._last_seq = 0
         self.active: dict[str, ActiveAlert] = {}
 
     async def load(self) -> None:
-        """Read the seq counter and the active alerts from the outbox (call once after opening it)."""
-        self._last_seq = await self._outbox.call(self._outbox.sync.last_seq)
+        """Read the active alerts from the outbox (call once after opening it)."""
         stored = await self._outbox.call(self._outbox.sync.alerts)
         self.active = {k: ActiveAlert.from_json(k, v) for k, v in stored.items()}
+
+    def _draft(
+        self,
+        make_body: Callable[[int, str], dict[str, Any]],
+        severity: Severity,
+        type: str = "",
+        subject: str | None = None,
+        machine: str | None = None,
+    ) -> Draft:
+        """An event the outbox numbers when it stores it (the body is built on its worker thread)."""
+        event_id = str(uuid.uuid4())
+
+        def build(seq: int) -> StoredEvent:
+            body = json.dumps(make_body(seq, event_id), separators=(",", ":")).encode()
+            return StoredEvent(seq, event_id, severity, body, type, subject, machine)
+
+        return build
+
+    async def _emit(
+        self,
+        drafts: Sequence[Draft],
+        changes: Mapping[str, dict[str, Any] | None],
+        then: Callable[[list[StoredEvent]], None],
+        reported_drops: int = 0,
+    ) -> list[StoredEvent]:
+        """Commit on the worker thread (the caller holds the lock); ``then`` applies the outcome here.
+
+        ``then`` runs once the events are on disk, also when the caller was cancelled meanwhile (the
+        job always runs to its end), and only then does the cancellation go on: what is in memory
+        follows what the disk holds. On :class:`~agent.errors.OutboxError` it does not run.
+        """
+        job = self._outbox.submit(self._outbox.sync.emit, drafts, changes, reported_drops)
+        try:
+            events = await finished(job)
+        except asyncio.CancelledError:
+            if succeeded(job):
+                then(job.result())
+            raise
+        then(events)
+        return events
+
+    def _wake(self) -> None:
+        for wake in self._on_commit:
+            wake()
 
     async def report_drops(self) -> StoredEvent | None:
         """Commit one ``andon.outbox.dropped`` event for the drops not yet reported (if any).
@@ -226,18 +275,20 @@ class AlertLog:
             report = await self._outbox.call(self._outbox.sync.drop_report)
             if report is None:
                 return None
-            seq = self._last_seq + 1
-            event_id = str(uuid.uuid4())
-            body = dropped_notice(
-                report, seq=seq, event_id=event_id, gateway=self._gateway, site=self._site, now=time.time()
+            now = time.time()
+            draft = self._draft(
+                lambda seq, event_id: dropped_notice(
+                    report, seq=seq, event_id=event_id, gateway=self._gateway, site=self._site, now=now
+                ),
+                Severity.CRITICAL,
             )
-            event = StoredEvent(seq, event_id, Severity.CRITICAL, json.dumps(body, separators=(",", ":")).encode())
-            await self._outbox.call(self._outbox.sync.append, [event], {}, report.count)
-            self._last_seq = seq
-        log.warning("event seq=%d %s: %s", seq, DROPPED_TYPE, body["data"]["message"])
-        for wake in self._on_commit:
-            wake()
+            (event,) = await self._emit([draft], {}, self._notice_committed, report.count)
         return event
+
+    def _notice_committed(self, events: list[StoredEvent]) -> None:
+        for event in events:
+            log.warning("event seq=%d %s: %s", event.seq, DROPPED_TYPE, json.loads(event.body)["data"]["message"])
+        self._wake()
 
     async def record(
         self,
@@ -257,49 +308,36 @@ class AlertLog:
         :class:`~agent.errors.OutboxError` means nothing was committed. Transition observers are not
         called (there is no transition). ``at`` (the event's ``time``) defaults to now.
         """
+
+        def recorded(events: list[StoredEvent]) -> None:
+            log.info("event seq=%d %s %s", events[0].seq, type, subject)
+            self._wake()
+
         async with self._lock:
-            event = await self._append_one(type, subject, data, severity, at, {})
-        log.info("event seq=%d %s %s", event.seq, type, subject)
-        for wake in self._on_commit:
-            wake()
+            (event,) = await self._emit([self._event_draft(type, subject, data, severity, at)], {}, recorded)
         return event
 
-    async def _append_one(
-        self,
-        type: str,
-        subject: str,
-        data: Mapping[str, Any],
-        severity: Severity,
-        at: float | None,
-        changes: dict[str, dict[str, Any] | None],
-    ) -> StoredEvent:
-        """Build and commit one event (with ``changes`` to the alert state); the caller holds the lock."""
-        seq = self._last_seq + 1
-        event_id = str(uuid.uuid4())
-        body = {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": f"/andon/{self._gateway}",
-            "type": type,
-            "subject": subject,
-            "time": rfc3339(time.time() if at is None else at),
-            "datacontenttype": "application/json",
-            "data": {k: _json_value(v) for k, v in data.items()}
-            | {"seq": seq, "gateway": self._gateway, "site": self._site},
-        }
+    def _event_draft(
+        self, type: str, subject: str, data: Mapping[str, Any], severity: Severity, at: float | None
+    ) -> Draft:
+        """A CloudEvent of ``type`` whose ``data`` is the caller's plus ``seq``, ``gateway`` and ``site``."""
+        when = time.time() if at is None else at
+        fields = {k: _json_value(v) for k, v in data.items()}
         machine = data.get("machine")
-        event = StoredEvent(
-            seq,
-            event_id,
-            severity,
-            json.dumps(body, separators=(",", ":")).encode(),
-            type,
-            subject,
-            machine if isinstance(machine, str) else None,
-        )
-        await self._outbox.call(self._outbox.sync.append, [event], changes)
-        self._last_seq = seq
-        return event
+
+        def body(seq: int, event_id: str) -> dict[str, Any]:
+            return {
+                "specversion": "1.0",
+                "id": event_id,
+                "source": f"/andon/{self._gateway}",
+                "type": type,
+                "subject": subject,
+                "time": rfc3339(when),
+                "datacontenttype": "application/json",
+                "data": fields | {"seq": seq, "gateway": self._gateway, "site": self._site},
+            }
+
+        return self._draft(body, severity, type, subject, machine if isinstance(machine, str) else None)
 
     async def acknowledge(self, key: str, by: str, note: str | None, *, at: float | None = None) -> StoredEvent | None:
         """Commit ``andon.alert.acknowledged`` for the active alert ``key`` and mark it acknowledged.
@@ -315,46 +353,49 @@ class AlertLog:
             if alert is None:
                 return None
             acked = dataclasses.replace(alert, ack_by=by, ack_at=at, ack_note=note)
-            event = await self._append_one(
-                ACKNOWLEDGED_TYPE, key, acknowledged_data(acked), alert.severity, at, {key: acked.to_json()}
-            )
-            self.active = {**self.active, key: acked}
-        log.info("event seq=%d %s %s by %s", event.seq, ACKNOWLEDGED_TYPE, key, by)
-        for wake in self._on_commit:
-            wake()
+
+            def acknowledged(events: list[StoredEvent]) -> None:
+                self.active = {**self.active, key: acked}
+                log.info("event seq=%d %s %s by %s", events[0].seq, ACKNOWLEDGED_TYPE, key, by)
+                self._wake()
+
+            draft = self._event_draft(ACKNOWLEDGED_TYPE, key, acknowledged_data(acked), alert.severity, at)
+            (event,) = await self._emit([draft], {key: acked.to_json()}, acknowledged)
         return event
 
     async def commit(self, transitions: Sequence[Transition]) -> list[StoredEvent]:
         """Commit the transitions' events and alert state in one synced transaction.
 
         Raises :class:`~agent.errors.OutboxError` when the disk refuses; nothing then counts as
-        emitted and the caller keeps its old rule state, so the transition is tried again.
+        emitted and the caller keeps its old rule state, so the transition is tried again. If the
+        caller is cancelled meanwhile, :attr:`active` still follows what the disk holds (the
+        observers see the events too), and then the cancellation goes on.
         """
         if not transitions:
             return []
         async with self._lock:
-            events: list[StoredEvent] = []
+            drafts: list[Draft] = []
             changes: dict[str, dict[str, Any] | None] = {}
             active = dict(self.active)
-            seq = self._last_seq
             for t in transitions:
-                seq += 1
-                event_id = str(uuid.uuid4())
-                body = cloudevent(t, seq=seq, event_id=event_id, gateway=self._gateway, site=self._site)
-                events.append(StoredEvent(seq, event_id, t.severity, json.dumps(body, separators=(",", ":")).encode()))
+                body = functools.partial(self._alert_body, t)
+                drafts.append(self._draft(body, t.severity))
                 if t.kind is TransitionKind.CLEARED:
                     active.pop(t.key, None)
                     changes[t.key] = None
                 else:
                     active[t.key] = _next_state(active.get(t.key), t)
                     changes[t.key] = active[t.key].to_json()
-            await self._outbox.call(self._outbox.sync.append, events, changes)
-            self._last_seq = seq
-            self.active = active
-        for t, e in zip(transitions, events, strict=True):
-            log.info("event seq=%d %s %s %s: %s", e.seq, t.kind.value, t.key, t.severity.label, t.message)
-            for observe in self._observers:
-                observe(t, e)
-        for wake in self._on_commit:
-            wake()
-        return events
+
+            def committed(events: list[StoredEvent]) -> None:
+                self.active = active
+                for t, e in zip(transitions, events, strict=True):
+                    log.info("event seq=%d %s %s %s: %s", e.seq, t.kind.value, t.key, t.severity.label, t.message)
+                    for observe in self._observers:
+                        observe(t, e)
+                self._wake()
+
+            return await self._emit(drafts, changes, committed)
+
+    def _alert_body(self, t: Transition, seq: int, event_id: str) -> dict[str, Any]:
+        return cloudevent(t, seq=seq, event_id=event_id, gateway=self._gateway, site=self._site)

@@ -7,8 +7,9 @@ so a crash can never leave an event without its state or the other way round.
 Each sink has a cursor (the highest ``seq`` it has settled: accepted, set aside or skipped by its
 routing) and the set of alerts it has seen (``sink_alerts``: sent a raised and no cleared since),
 changed by the same transaction that moves its cursor. Events at or below every sink's cursor are
-deleted. ``seq`` comes from a counter kept in the same file; a new
-file starts it at the current time in milliseconds so it keeps increasing even if a damaged file
+deleted. ``seq`` comes from a counter kept in the same file, taken by :meth:`Outbox.emit` inside the
+transaction that stores the event (so it can never be reused); a new file starts it at the current
+time in milliseconds so it keeps increasing even if a damaged file
 had to be set aside.
 
 Bounds. The queue holds at most ``max_events`` events and ``max_bytes`` bytes of event bodies; a
@@ -59,6 +60,8 @@ from agent.errors import OutboxError
 from agent.model import Severity, StoredEvent
 
 log = logging.getLogger("andon.outbox")
+
+Draft = Callable[[int], StoredEvent]  # builds an event once the outbox has given it its seq
 
 DEFAULT_MAX_EVENTS = 100_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # event bodies; see README "Outbox and delivery" for why
@@ -327,20 +330,43 @@ class Outbox:
         alerts: Mapping[str, dict[str, Any] | None],
         reported_drops: int = 0,
     ) -> None:
-        """Commit events and alert state in one synced transaction.
+        """Commit events whose ``seq`` the caller chose, and alert state, in one synced transaction.
 
         ``alerts`` maps an alert key to its new state (None deletes it). The events' ``seq`` must be
-        above :meth:`last_seq` and increasing. When the outbox would pass ``max_events`` or
-        ``max_bytes``, the oldest non-critical events are dropped first. ``reported_drops``: these
-        events report that many drops upstream (see :meth:`drop_report`), so they no longer count as
-        unreported.
+        above :meth:`last_seq` and increasing (tests and tools; the agent uses :meth:`emit`, which
+        numbers events itself). When the outbox would pass ``max_events`` or ``max_bytes``, the
+        oldest non-critical events are dropped first. ``reported_drops``: these events report that
+        many drops upstream (see :meth:`drop_report`), so they no longer count as unreported.
         """
-        size = sum(len(e.body) for e in events)
-        excess_n = self._count + len(events) - self.max_events
-        excess_b = self._bytes + size - self.max_bytes
+        self._commit(lambda last: list(events), alerts, reported_drops)
+
+    def emit(
+        self,
+        drafts: Sequence[Draft],
+        alerts: Mapping[str, dict[str, Any] | None],
+        reported_drops: int = 0,
+    ) -> list[StoredEvent]:
+        """Like :meth:`append`, but the outbox numbers the events, inside the same transaction.
+
+        Each draft is called with the event's ``seq`` (the next after :meth:`last_seq` as the file
+        has it) and returns the event. So ``seq`` comes from the file's own counter in the
+        transaction that stores it: a caller that was cancelled, or failed, can never reuse one.
+        Returns the committed events.
+        """
+        return self._commit(lambda last: [draft(last + n) for n, draft in enumerate(drafts, 1)], alerts, reported_drops)
+
+    def _commit(
+        self,
+        build: Callable[[int], list[StoredEvent]],
+        alerts: Mapping[str, dict[str, Any] | None],
+        reported_drops: int,
+    ) -> list[StoredEvent]:
+        """One transaction: ``build(last_seq)`` gives the events; they, the alert state and the drops."""
+        events: list[StoredEvent] = []
         dropped: list[tuple[int, int, int]] = []
 
         def work(db: sqlite3.Connection) -> None:
+            events.extend(build(self._scalar("SELECT value FROM meta WHERE key = 'last_seq'")))
             db.executemany(
                 "INSERT INTO events (seq, id, severity, body) VALUES (?, ?, ?, ?)",
                 [(e.seq, e.id, int(e.severity), e.body) for e in events],
@@ -354,12 +380,14 @@ class Outbox:
                     db.execute("INSERT OR REPLACE INTO alerts (key, state) VALUES (?, ?)", (key, json.dumps(state)))
             if reported_drops:
                 self._mark_reported(db, reported_drops)
+            excess_n = self._count + len(events) - self.max_events
+            excess_b = self._bytes + sum(len(e.body) for e in events) - self.max_bytes
             if excess_n > 0 or excess_b > 0:
                 dropped.extend(self._drop_oldest(db, excess_n, excess_b))
 
         self._transaction(work)
         self._count += len(events) - len(dropped)
-        self._bytes += size - sum(d[2] for d in dropped)
+        self._bytes += sum(len(e.body) for e in events) - sum(d[2] for d in dropped)
         if events and self._oldest is None:
             self._oldest = events[0].seq
         self._drop_floor = max([self._drop_floor] + [seq for seq, sev, _ in dropped if sev < _CRITICAL])
@@ -367,6 +395,7 @@ class Outbox:
             tally = dict(self._read("SELECT key, value FROM meta WHERE key IN ('dropped', 'drop_n')"))
             self._dropped, self.unreported_drops = tally["dropped"], tally["drop_n"]
             self._oldest = self._read("SELECT min(seq) FROM events")[0][0]
+        return events
 
     def _mark_reported(self, db: sqlite3.Connection, n: int) -> None:
         db.execute("UPDATE meta SET value = max(0, value - ?) WHERE key = 'drop_n'", (n,))
@@ -582,15 +611,47 @@ def _fsync_dir(directory: Path) -> None:
 T = TypeVar("T")
 
 
+async def finished(job: asyncio.Future[T]) -> T:
+    """The result of a job running on the outbox's worker thread, which is never abandoned.
+
+    If the awaiting task is cancelled meanwhile, this still waits until the job has finished (a
+    commit takes milliseconds; at most the 5 s busy timeout) and only then raises
+    ``CancelledError``, so the caller's cleanup knows what the job did: a commit that the disk
+    holds is never taken for one that did not happen.
+    """
+    cancelled = False
+    while not job.done():
+        try:
+            await asyncio.wait({job})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return job.result()
+
+
+def succeeded(job: asyncio.Future[Any]) -> bool:
+    """True when the job has finished without an error (its result may be read)."""
+    return job.done() and not job.cancelled() and job.exception() is None
+
+
 class AsyncOutbox:
-    """Runs an :class:`Outbox` on one worker thread, so calls are serialised and never block the loop."""
+    """Runs an :class:`Outbox` on one worker thread, so calls are serialised and never block the loop.
+
+    A call, once made, always runs to its end: cancelling the caller does not cut a transaction
+    off from the code that waits for it (see :func:`finished`).
+    """
 
     def __init__(self, outbox: Outbox) -> None:
         self.sync = outbox
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
 
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue ``fn(*args)`` on the worker thread; await the job with :func:`finished`."""
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await finished(self.submit(fn, *args))
 
     async def __aenter__(self) -> AsyncOutbox:
         await self.call(self.sync.open)
