@@ -15,8 +15,12 @@ catch these::
     └── DeliveryError          a sink could not deliver a batch
         ├── RetryLater         transient (timeout, 5xx, 408, 429): same events again later
         │                      (``accepted``: how many of the batch's first events were taken)
-        └── Rejected           the receiver refused the events (other 4xx): set them aside
-                               (``accepted`` n: the first n were taken and batch[n] was refused)
+        │   └── EndpointRefused  the endpoint or the credentials are wrong (401, 403, 404, 405,
+        │                      410, 415, ... or every event refused alike): nothing is set
+        │                      aside, the same events again later
+        └── Rejected           the receiver refused these events (400, 422; 413: too large):
+                               find them and set them aside (``accepted`` n: the first n were
+                               taken and batch[n] was refused)
 
 ``retryable`` says whether trying again later can help. A device that answers with an error (a
 Modbus exception, a Bad OPC UA status) is not an exception: its samples come back bad-quality.
@@ -74,8 +78,20 @@ class RetryLater(DeliveryError):
         self.accepted = accepted
 
 
+class EndpointRefused(RetryLater):
+    """The endpoint refuses every request: its URL or the gateway's credentials are wrong.
+
+    Nothing about the events: they wait in the outbox and are sent again later. ``status`` is the
+    HTTP status that says so.
+    """
+
+    def __init__(self, message: str, status: int, retry_after: float | None = None, *, accepted: int = 0) -> None:
+        super().__init__(message, retry_after, accepted=accepted)
+        self.status = status
+
+
 class Rejected(DeliveryError):
-    """The receiver refused events (400, 422).
+    """The receiver refused events (400, 422), or found the batch too large (413).
 
     ``accepted`` None: the batch as a whole was refused and which of its events are bad is unknown
     (delivery splits it to find them). ``accepted`` n: the first n events were accepted and the

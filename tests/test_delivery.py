@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import itertools
 import json
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +19,7 @@ import pytest
 from tenacity import AsyncRetrying, RetryCallState
 
 from agent.demo.receiver import Batch, Receiver, Reply
-from agent.errors import ConfigError, DeliveryError, Rejected, RetryLater
+from agent.errors import ConfigError, DeliveryError, EndpointRefused, Rejected, RetryLater
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
 from agent.pipeline.alertlog import cloudevent
 from agent.pipeline.delivery import Delivery, RetryAfterWait
@@ -77,12 +79,14 @@ class Probe:
         self.id = sink.id
         self.watch = watch
         self.outcomes: list[DeliveryError | None] = []
+        self.spans: list[tuple[float, float]] = []  # (start, end) of every send, monotonic
 
     @property
     def failures(self) -> list[RetryLater]:
         return [o for o in self.outcomes if isinstance(o, RetryLater)]
 
     async def send(self, events: Sequence[StoredEvent]) -> None:
+        started = time.monotonic()
         try:
             await self.sink.send(events)
         except DeliveryError as exc:
@@ -91,6 +95,7 @@ class Probe:
         else:
             self.outcomes.append(None)
         finally:
+            self.spans.append((started, time.monotonic()))
             await self.watch.poke()
 
 
@@ -181,12 +186,17 @@ def dead_letters(outbox: AsyncOutbox) -> list[tuple[Any, ...]]:
         (503, RetryLater),
         (301, RetryLater),
         (100, RetryLater),
-        (400, Rejected),
-        (401, RetryLater),  # the gateway's credentials are wrong, not the events
-        (403, RetryLater),
-        (404, Rejected),
-        (413, Rejected),
+        (400, Rejected),  # only 400 and 422 refuse the events themselves
         (422, Rejected),
+        (413, Rejected),  # too large: smaller batches
+        (401, EndpointRefused),  # the gateway's credentials are wrong, not the events
+        (403, EndpointRefused),
+        (404, EndpointRefused),  # a mistyped path, an ingress route missing during a deploy
+        (405, EndpointRefused),
+        (410, EndpointRefused),
+        (415, EndpointRefused),
+        (418, EndpointRefused),
+        (451, EndpointRefused),
     ],
 )
 def test_classify(status: int, outcome: type[DeliveryError] | None) -> None:
@@ -196,10 +206,11 @@ def test_classify(status: int, outcome: type[DeliveryError] | None) -> None:
     with pytest.raises(outcome) as info:
         classify(status, {}, NOW)
     assert str(status) in str(info.value)
-    if isinstance(info.value, Rejected):
+    if isinstance(info.value, Rejected | EndpointRefused):
         assert info.value.status == status
-    else:
-        assert isinstance(info.value, RetryLater) and info.value.retry_after is None
+    assert isinstance(info.value, Rejected) != isinstance(info.value, RetryLater)  # set aside, or wait
+    if isinstance(info.value, RetryLater):
+        assert info.value.retry_after is None
 
 
 def test_classify_carries_retry_after() -> None:
@@ -624,3 +635,215 @@ async def test_dropped_events_are_reported_once_the_link_is_back(tmp_path: Path,
     assert notice["data"]["dropped"] == 30 and notice["data"]["seq"] == committed[-1].seq + 1
     assert notice["data"]["first_seq"] == committed[0].seq and notice["data"]["last_seq"] == committed[29].seq
     assert sum(e["type"] == "andon.outbox.dropped" for e in r.events) == 1
+
+
+# -- the endpoint's fault, or the events'? (issue 12, defect 1) ---------------------------------
+
+
+def attempts(r: Receiver, batch_size: int) -> list[list[int]]:
+    """The requests the receiver got, grouped per attempt (an attempt starts with a whole batch)."""
+    grouped: list[list[int]] = []
+    for _, batch in r.requests:
+        if len(batch) == batch_size or not grouped:
+            grouped.append([])
+        grouped[-1].append(len(batch))
+    return grouped
+
+
+async def test_a_404_sets_nothing_aside_and_the_backlog_waits(
+    outbox: WatchedOutbox, watch: Watch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="andon.delivery")
+    answer = {"status": 404}
+    events = await fill(outbox, 2000)
+    async with (
+        Receiver(lambda batch, headers: Reply(answer["status"])) as r,
+        http_delivery(r.url, outbox, watch, batch_size=500) as (delivery, probe),
+        delivering(delivery),
+    ):
+        await watch.until(lambda: len(probe.outcomes) >= 4)
+        assert delivery.stats().refused == 404 and not delivery.stats().held
+        assert [len(b) for _, b in r.requests][:4] == [500] * 4  # the same head batch again: never split
+        assert dead_letters(outbox) == [] and await outbox.call(outbox.sync.depth, "up") == 2000
+        assert delivery.rejected == 0 and delivery.failures >= 3
+        answer["status"] = 200  # the ingress route is back
+        await watch.until(lambda: delivery.delivered == 2000)
+        assert delivery.stats().refused is None and delivery.stats().failing is False
+    assert ids(r.events) == ids(events)  # all of them, once, in order
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "HTTP 404" in errors[0] and "nothing is set aside" in errors[0]
+    assert any("delivering again" in rec.getMessage() for rec in caplog.records)
+
+
+@pytest.mark.parametrize("status", [400, 422])
+async def test_every_event_refused_alike_is_the_endpoints_fault_and_costs_few_requests(
+    outbox: WatchedOutbox, watch: Watch, status: int
+) -> None:
+    answer = {"status": status}
+    events = await fill(outbox, 2000)
+    async with (
+        Receiver(lambda batch, headers: Reply(answer["status"])) as r,
+        http_delivery(r.url, outbox, watch, batch_size=500) as (delivery, _),
+    ):
+        async with delivering(delivery):
+            await watch.until(lambda: len(attempts(r, 500)) >= 3)  # two whole attempts, a third begun
+        tried = attempts(r, 500)[:2]
+        assert all(len(a) <= 2 * 9 + 4 for a in tried), tried  # about 2 log2(500), not the 999 of a full split
+        assert dead_letters(outbox) == [] and delivery.rejected == 0
+        assert await outbox.call(outbox.sync.depth, "up") == 2000
+        assert delivery.stats().refused == status
+        answer["status"] = 200
+        async with delivering(delivery):
+            await watch.until(lambda: delivery.delivered == 2000)
+    assert list(dict.fromkeys(ids(r.events))) == ids(events) == ids(r.events)  # in order, none twice
+
+
+async def test_refused_events_are_found_wherever_they_are(outbox: WatchedOutbox, watch: Watch) -> None:
+    """Bad events at the head (three in a row), in the middle and at the end are set aside; the rest
+    goes, once, in order: the endpoint takes events, so those refusals are about the events."""
+    events = await fill(outbox, 64)
+    bad = {events[i].id for i in (0, 1, 2, 20, 45, 63)}
+
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        return Reply(422) if bad & set(ids(batch)) else Reply(200)
+
+    async with (
+        Receiver(respond) as r,
+        http_delivery(r.url, outbox, watch, batch_size=64) as (delivery, _),
+        delivering(delivery),
+    ):
+        await watch.until(lambda: delivery.delivered + delivery.rejected == 64)
+    assert ids(r.events) == [e.id for e in events if e.id not in bad]
+    assert {d[2] for d in dead_letters(outbox)} == bad
+    assert delivery.stats().refused is None
+
+
+async def test_a_lone_refused_event_waits_until_the_endpoint_shows_it_takes_others(
+    outbox: WatchedOutbox, watch: Watch
+) -> None:
+    (lone,) = await fill(outbox, 1)
+
+    def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+        return Reply(400) if lone.id in ids(batch) else Reply(200)
+
+    async with (
+        Receiver(respond) as r,
+        http_delivery(r.url, outbox, watch, batch_size=8) as (delivery, probe),
+        delivering(delivery),
+    ):
+        await watch.until(lambda: len(probe.outcomes) >= 3)  # alone, it cannot tell: it waits
+        assert dead_letters(outbox) == [] and delivery.stats().refused == 400
+        later = await fill(outbox, 2)
+        delivery.wake()
+        await watch.until(lambda: delivery.delivered == 2)
+    assert ids(r.events) == ids(later)
+    assert dead_letters(outbox) == [("up", lone.seq, lone.id, "HTTP 400")]
+
+
+async def test_dead_letters_at_the_cap_hold_the_queue_and_none_is_deleted(
+    tmp_path: Path, watch: Watch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with WatchedOutbox(Outbox(tmp_path / "cap.db", max_dead_letters=2), watch) as ob:
+        await ob.call(ob.sync.set_sinks, ["up"])
+        events = await fill(ob, 12)
+        bad = [events[i] for i in (1, 5, 9)]
+
+        def respond(batch: Batch, headers: dict[str, str]) -> Reply:
+            return Reply(400) if {e.id for e in bad} & set(ids(batch)) else Reply(200)
+
+        async with (
+            Receiver(respond) as r,
+            http_delivery(r.url, ob, watch, batch_size=4) as (delivery, _),
+            delivering(delivery),
+        ):
+            await watch.until(lambda: delivery.stats().held)
+            held_since = delivery.failures
+            await watch.until(lambda: delivery.failures >= held_since + 3)  # tried again, still held
+            assert delivery.stats().held and delivery.stats().refused is None
+            assert [d[1] for d in dead_letters(ob)] == [bad[0].seq, bad[1].seq]  # kept, none deleted
+            assert ids(r.events) == [e.id for e in events[:9] if e not in bad]  # held at the third bad one
+            assert await ob.call(ob.sync.pending, "up", 1) == [bad[2]]
+            assert delivery.stats().refused is None
+            ob.sync.db.execute("DELETE FROM dead_letters WHERE seq = ?", (bad[0].seq,))  # what `outbox purge` does
+            await watch.until(lambda: delivery.delivered + delivery.rejected == 12)
+            assert not delivery.stats().held
+        assert [d[1] for d in dead_letters(ob)] == [bad[1].seq, bad[2].seq]
+        assert ids(r.events) == [e.id for e in events if e not in bad]
+    held = [rec.getMessage() for rec in caplog.records if "held" in rec.getMessage()]
+    assert len([m for m in held if "max_dead_letters" in m]) == 1  # said once, at ERROR
+
+
+# -- timeouts that say nothing about the batch (issue 12, defect 5) -----------------------------
+
+
+@contextlib.contextmanager
+def never_accepting() -> Iterator[str]:
+    """A listening socket whose accept queue is full: a connect to it never completes (no SYN-ACK)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+        fillers.append(s)
+    try:
+        yield f"http://127.0.0.1:{port}/alerts"
+    finally:
+        for s in [*fillers, server]:
+            s.close()
+
+
+async def test_a_connect_timeout_keeps_the_batch_size_and_backs_off(outbox: WatchedOutbox, watch: Watch) -> None:
+    await fill(outbox, 20)
+    with never_accepting() as url:
+        async with (
+            http_delivery(url, outbox, watch, batch_size=8, timeout="300ms") as (delivery, probe),
+            delivering(delivery),
+        ):
+            await watch.until(lambda: len(probe.outcomes) >= 4)
+    assert all(o is not None and "connect" in str(o) for o in probe.outcomes), probe.outcomes
+    assert delivery.batch_size == 8  # an unreachable upstream says nothing about the batch's size
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(probe.spans)]
+    assert min(gaps) >= 0.15, gaps  # backoff (retry_max 0.2 s) between the attempts
+    assert await outbox.call(outbox.sync.depth, "up") == 20
+
+
+# -- an unexpected error in a sink (issue 12, defect 4) -----------------------------------------
+
+
+class Surprising:
+    """A sink that raises an error no sink should (a bug, a library's surprise) a few times."""
+
+    def __init__(self, sink: Probe, times: int) -> None:
+        self.id = sink.id
+        self.sink = sink
+        self.left = times
+
+    async def send(self, events: Sequence[StoredEvent]) -> None:
+        if self.left:
+            self.left -= 1
+            await self.sink.watch.poke()
+            raise KeyError("surprise")
+        await self.sink.send(events)
+
+
+async def test_an_unexpected_error_in_a_sink_is_logged_once_and_the_sink_retries(
+    outbox: WatchedOutbox, watch: Watch, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = await fill(outbox, 5)
+    config = sink_config(receiver.url)
+    async with make_client(config) as client:
+        sink = Surprising(Probe(HttpSink(config, client, token=None), watch), times=3)
+        delivery = Delivery(sink, outbox, batch_size=10, retry_max=0.05)
+        async with delivering(delivery) as task:
+            await watch.until(lambda: delivery.delivered == 5)
+            assert not task.done()
+    assert ids(receiver.events) == ids(events)
+    assert delivery.failures == 3
+    tracebacks = [rec for rec in caplog.records if rec.exc_info and rec.levelno >= logging.ERROR]
+    assert len(tracebacks) == 1 and tracebacks[0].exc_info is not None
+    assert isinstance(tracebacks[0].exc_info[1], KeyError)

@@ -103,6 +103,33 @@ async def test_healthz_fails_while_the_outbox_cannot_be_written(
         assert (await http.get(url)).status_code == 200
 
 
+async def test_an_endpoint_that_refuses_everything_shows_in_healthz_and_metrics(
+    machine: SimulatedMachine, make_config: Callable[..., Config]
+) -> None:
+    answer = {"status": 404}  # a mistyped path, or the ingress route missing during a deploy
+    async with Receiver(lambda batch, headers: Reply(answer["status"])) as r:
+        cfg = make_config(machine.port, r.url, status={"listen": "127.0.0.1:0"})
+        async with running(cfg) as agent, httpx.AsyncClient() as http:
+            base = f"http://127.0.0.1:{agent.status_port}"
+            await machine.set("holding", 10, [0b1000])  # the fault trips: one event to send
+            [delivery] = agent.deliveries
+            await r.wait_for(lambda _: delivery.refused == 404 and len(r.requests) >= 2)
+            health = await http.get(f"{base}/healthz")
+            assert health.status_code == 503
+            assert "sink up: the endpoint refuses every request: HTTP 404" in health.text
+            metrics = (await http.get(f"{base}/metrics")).text
+            for line in ('andon_sink_refused{sink="up"} 1.0', 'andon_sink_up{sink="up"} 0.0', "andon_healthy 0.0"):
+                assert line in metrics, line
+            [sink] = (await http.get(f"{base}/status")).json()["sinks"]
+            assert sink["refused"] == 404 and sink["held"] is False and sink["pending"] == 1
+            assert agent.outbox is not None and agent.outbox.sync.stats().dead_letters == 0  # nothing set aside
+            answer["status"] = 200  # the route is back
+            await machine.set("holding", 10, [0])  # a second event: sent only once the first is settled
+            await r.wait_for(lambda got: [e["type"].rsplit(".", 1)[1] for e in got] == ["raised", "cleared"])
+            assert (await http.get(f"{base}/healthz")).status_code == 200
+            assert 'andon_sink_refused{sink="up"} 0.0' in (await http.get(f"{base}/metrics")).text
+
+
 # -- systemd notify and watchdog -------------------------------------------------------------------
 
 

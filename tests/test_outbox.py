@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -439,16 +440,23 @@ def test_reporting_drops_is_committed_with_the_notice_and_survives_reopen(
         ob.close()
 
 
-def test_dead_letters_are_capped(path: Path) -> None:
+def test_dead_letters_are_never_deleted_and_the_room_left_is_read_from_the_file(path: Path) -> None:
     ob = Outbox(path, max_dead_letters=3)
     ob.open()
     ob.set_sinks(["s"])
     try:
         ob.append([ev(s) for s in range(1, 9)], {})
+        assert ob.dead_letter_room() == 3
         ob.settle("s", 4, [(ev(1), "HTTP 400"), (ev(2), "HTTP 400")])
-        ob.settle("s", 8, [(ev(5), "HTTP 422"), (ev(6), "HTTP 422"), (ev(7), "HTTP 422")])
-        assert [r[0] for r in ob.db.execute("SELECT seq FROM dead_letters ORDER BY seq")] == [5, 6, 7]
-        assert ob.stats().dead_letters == 3
+        assert ob.dead_letter_room() == 1
+        ob.settle("s", 8, [(ev(5), "HTTP 422"), (ev(6), "HTTP 422")])  # past the limit: kept all the same
+        assert [r[0] for r in ob.db.execute("SELECT seq FROM dead_letters ORDER BY seq")] == [1, 2, 5, 6]
+        assert ob.dead_letter_room() == 0 and ob.stats().dead_letters == 4
+        other = sqlite3.connect(path)  # `andon-agent outbox purge` in another process
+        with other:
+            other.execute("DELETE FROM dead_letters WHERE seq <= 2")
+        other.close()
+        assert ob.dead_letter_room() == 1 and ob.stats().dead_letters == 2
     finally:
         ob.close()
 

@@ -39,6 +39,8 @@ class SinkView:
     last_error: str | None
     send_seconds_sum: float
     send_count: int
+    refused: int | None = None  # the HTTP status while the endpoint or the credentials refuse every request
+    held: bool = False  # the queue waits: dead letters are at max_dead_letters
 
 
 @dataclass

@@ -84,6 +84,10 @@ def _sink_metrics(s: Snapshot) -> Iterator[Metric]:
     rejected = CounterMetricFamily("andon_sink_rejected_events", "events the sink refused", labels=[k])
     failures = CounterMetricFamily("andon_sink_failures", "failed delivery attempts", labels=[k])
     latency = SummaryMetricFamily("andon_sink_request_duration_seconds", "time one delivery request took", labels=[k])
+    refused = GaugeMetricFamily(
+        "andon_sink_refused", "1 while the endpoint or the credentials refuse every request", labels=[k]
+    )
+    held = GaugeMetricFamily("andon_sink_held", "1 while the queue waits: dead letters at their limit", labels=[k])
     for d in s.sinks:
         up.add_metric([d.id], int(d.up))
         pending.add_metric([d.id], d.pending)
@@ -91,7 +95,9 @@ def _sink_metrics(s: Snapshot) -> Iterator[Metric]:
         rejected.add_metric([d.id], d.rejected)
         failures.add_metric([d.id], d.failures)
         latency.add_metric([d.id], d.send_count, d.send_seconds_sum)
-    yield from (up, pending, delivered, rejected, failures, latency)
+        refused.add_metric([d.id], int(d.refused is not None))
+        held.add_metric([d.id], int(d.held))
+    yield from (up, pending, delivered, rejected, failures, latency, refused, held)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

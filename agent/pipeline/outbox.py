@@ -16,8 +16,9 @@ Bounds. The queue holds at most ``max_events`` events and ``max_bytes`` bytes of
 commit that would pass either drops the oldest non-critical events first (critical ones only when
 nothing else is left), in the same transaction. Drops are counted (in total, and "not yet reported"
 with their ``seq`` range) so the agent can tell the upstream once the link is back
-(:meth:`drop_report`, reported by ``append(..., reported_drops=n)``). Dead letters are capped at
-``max_dead_letters`` (the oldest go first).
+(:meth:`drop_report`, reported by ``append(..., reported_drops=n)``). Dead letters are never
+deleted here (only ``andon-agent outbox retry|purge`` removes them): ``max_dead_letters`` is how
+many delivery may set aside (:meth:`dead_letter_room`); at the limit a sink holds its queue instead.
 
 The file does not grow without bound: deleted rows leave free pages that SQLite reuses for new
 rows (so the file never grows past its high-water mark, which the bounds limit); a new file uses
@@ -511,7 +512,10 @@ class Outbox:
         seen: Mapping[str, bool] | None = None,
     ) -> None:
         """Mark every event up to ``up_to`` as done for ``sink``; ``rejected`` ones go to dead letters;
-        ``seen`` opens (True) or closes (False) alerts in the sink's seen set, in the same transaction."""
+        ``seen`` opens (True) or closes (False) alerts in the sink's seen set, in the same transaction.
+
+        Dead letters are kept whatever their number: the caller asks :meth:`dead_letter_room` first.
+        """
         now = time.time()
         freed: list[int] = []
         opened = [(sink, k) for k, is_open in (seen or {}).items() if is_open]
@@ -527,7 +531,6 @@ class Outbox:
                     "INSERT OR REPLACE INTO dead_letters (sink, seq, id, body, reason, time) VALUES (?, ?, ?, ?, ?, ?)",
                     [(sink, e.seq, e.id, e.body, reason, now) for e, reason in rejected],
                 )
-                self._cap_dead_letters(db)
             db.execute("UPDATE cursors SET seq = max(seq, ?) WHERE sink = ?", (up_to, sink))
             freed.extend(self._delete_settled(db))
 
@@ -540,14 +543,11 @@ class Outbox:
             if self._count == 0:
                 self._after_drain()
 
-    def _cap_dead_letters(self, db: sqlite3.Connection) -> None:
-        over = self._scalar("SELECT count(*) FROM dead_letters") - self.max_dead_letters
-        if over > 0:
-            db.execute(
-                "DELETE FROM dead_letters WHERE rowid IN (SELECT rowid FROM dead_letters ORDER BY time, seq LIMIT ?)",
-                (over,),
-            )
-            log.warning("outbox: more than %d dead letters; the %d oldest were deleted", self.max_dead_letters, over)
+    def dead_letter_room(self) -> int:
+        """How many more dead letters may be set aside (``max_dead_letters`` minus those kept, read
+        from the file: ``andon-agent outbox retry|purge`` may have removed some meanwhile)."""
+        self._dead = int(self._read("SELECT count(*) FROM dead_letters")[0][0])
+        return max(0, self.max_dead_letters - self._dead)
 
     def _delete_settled(self, db: sqlite3.Connection) -> list[int]:
         """Delete events every sink has settled; returns their body sizes."""

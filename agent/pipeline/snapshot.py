@@ -63,7 +63,12 @@ def _machine(runner: MachineRunner, now_mono: float, problems: list[str]) -> Mac
     )
 
 
-def _sink(d: Delivery, pending: int) -> SinkView:
+def _sink(d: Delivery, pending: int, problems: list[str]) -> SinkView:
+    """One sink's view; an endpoint that refuses everything, or a queue held at the dead-letter limit, is a problem."""
+    if d.refused is not None:
+        problems.append(f"sink {d.sink.id}: the endpoint refuses every request: {d.last_error}")
+    if d.held:
+        problems.append(f"sink {d.sink.id}: delivery is held: {d.last_error}")
     return SinkView(
         id=d.sink.id,
         url=getattr(d.sink, "url", ""),
@@ -76,6 +81,8 @@ def _sink(d: Delivery, pending: int) -> SinkView:
         last_error=d.last_error,
         send_seconds_sum=d.send_seconds_sum,
         send_count=d.send_count,
+        refused=d.refused,
+        held=d.held,
     )
 
 
@@ -109,7 +116,7 @@ async def _outbox_and_sinks(
         if head:
             born = _event_time(head[0].body)
             oldest = born if oldest is None or (born is not None and born < oldest) else oldest
-        sinks.append(_sink(d, pending))
+        sinks.append(_sink(d, pending, problems))
     outbox["oldest_event_age_seconds"] = None if oldest is None else max(0.0, now - oldest)
     return outbox, sinks
 

@@ -29,9 +29,12 @@ class SendTimeout(RetryLater):
 class Sink(Protocol):
     """One upstream. :meth:`send` either returns (the whole batch is accepted) or raises
     :class:`~agent.errors.RetryLater` (send the same events again later; :class:`SendTimeout` when
-    the upstream did not answer in time) or :class:`~agent.errors.Rejected` (the receiver refuses
-    them). Caller guarantees: no concurrent ``send`` calls on one sink; events are passed oldest
-    first; ``send`` is called only while the sink is open (inside its plugin's ``open``).
+    the upstream did not answer in time once the request was on its way;
+    :class:`~agent.errors.EndpointRefused` when the endpoint or the credentials are wrong) or
+    :class:`~agent.errors.Rejected` (the receiver refuses these events, or finds the batch too
+    large). Any other exception is a bug: delivery logs it and retries. Caller guarantees: no
+    concurrent ``send`` calls on one sink; events are passed oldest first; ``send`` is called only
+    while the sink is open (inside its plugin's ``open``).
     """
 
     id: str

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from agent.config.base import KeyProblem
-from agent.errors import Rejected, RetryLater
+from agent.errors import EndpointRefused, Rejected, RetryLater
 from agent.model import StoredEvent
 from agent.sinks.base import Origin, Secrets, SendTimeout, Sink, SinkConfigBase, SinkPlugin, secret_source, sink_secret
 
@@ -23,7 +23,16 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "application/cloudevents-batch+json"
 MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is taken as an hour
-AUTH_FAILURES = (401, 403)
+EVENTS_REFUSED = (400, 422)  # the receiver refuses events: find them and set them aside
+PAYLOAD_TOO_LARGE = 413  # smaller batches
+ENDPOINT_HINTS = {
+    401: "the upstream refuses the gateway's credentials (check the token)",
+    403: "the upstream refuses the gateway's credentials (check the token and its rights)",
+    404: "no such endpoint (check the sink's url; an ingress route may be missing)",
+    405: "the endpoint does not take POST (check the sink's url)",
+    410: "the endpoint is gone (check the sink's url)",
+    415: "the endpoint does not take CloudEvents batches (check the sink's url)",
+}
 
 
 class HttpSinkConfig(SinkConfigBase):
@@ -60,21 +69,23 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 def classify(status: int, headers: Mapping[str, str], now: float) -> None:
     """Raise for a status that does not accept the batch; return for any 2xx.
 
-    408, 429 and 5xx (and the unexpected 1xx/3xx) mean "the same events again later". So do 401
-    and 403: they say the gateway's credentials are wrong, not that the events are, and setting the
-    whole queue aside because a token expired would strand it. Any other 4xx means the receiver
-    refuses the events.
+    * 400 and 422 refuse the *events* (:class:`Rejected`: the batch is split to find them); 413
+      finds the batch too large (:class:`Rejected`: smaller batches).
+    * Every other 4xx (401, 403, 404, 405, 410, 415, ...) says that the endpoint or the
+      credentials are wrong, not the events (:class:`EndpointRefused`): nothing is set aside and
+      the same events are sent again later. A mistyped path or a route missing during a deploy
+      must never turn the backlog into dead letters.
+    * 408, 429 and 5xx (and the unexpected 1xx/3xx): the same events again later (:class:`RetryLater`).
     """
     if 200 <= status < 300:
         return
-    if status in AUTH_FAILURES:
-        raise RetryLater(
-            f"HTTP {status}: the upstream refuses the gateway's credentials (check the token)",
-            parse_retry_after(headers.get("retry-after"), now),
-        )
-    if status in (408, 429) or status >= 500 or status < 400:
-        raise RetryLater(f"HTTP {status}", parse_retry_after(headers.get("retry-after"), now))
-    raise Rejected(f"HTTP {status}", status)
+    if status in EVENTS_REFUSED or status == PAYLOAD_TOO_LARGE:
+        raise Rejected(f"HTTP {status}", status)
+    retry_after = parse_retry_after(headers.get("retry-after"), now)
+    if 400 <= status < 500 and status not in (408, 429):
+        hint = ENDPOINT_HINTS.get(status, "the endpoint refuses the request (check the sink's url and token)")
+        raise EndpointRefused(f"HTTP {status}: {hint}", status, retry_after)
+    raise RetryLater(f"HTTP {status}", retry_after)
 
 
 def read_token(cfg: HttpSinkConfig, index: int) -> str | None:
@@ -113,15 +124,30 @@ class HttpSink:
         return f"HttpSink(id={self.id!r}, url={self.url!r})"
 
     async def send(self, events: Sequence[StoredEvent]) -> None:
+        """POST the batch. A timeout before the request could be written (connecting, TLS, waiting for
+        a pooled connection) is a plain :class:`RetryLater`: an unreachable upstream says nothing
+        about the batch. Only a timeout once the request is on its way is a :class:`SendTimeout`
+        (maybe too large for a slow link)."""
         import httpx  # already loaded by make_client: a lookup
 
         body = b"[" + b",".join(e.body for e in events) + b"]"
+        sending = False
+
+        async def trace(name: str, info: Mapping[str, Any]) -> None:
+            nonlocal sending
+            if name.endswith("send_request_headers.started"):  # connected (or a kept-alive connection)
+                sending = True
+
         try:
             async with asyncio.timeout(self.timeout):
-                response = await self._client.post(self.url, content=body, headers=self._headers)
-        except httpx.TimeoutException as exc:
-            raise SendTimeout(f"timeout ({type(exc).__name__})") from exc
-        except TimeoutError as exc:
+                response = await self._client.post(
+                    self.url, content=body, headers=self._headers, extensions={"trace": trace}
+                )
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            if not sending or isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+                raise RetryLater(f"cannot connect within {self.timeout:g}s ({type(exc).__name__})") from exc
+            if isinstance(exc, httpx.TimeoutException):
+                raise SendTimeout(f"timeout ({type(exc).__name__})") from exc
             raise SendTimeout(f"timeout (no answer within {self.timeout:g}s)") from exc
         except httpx.HTTPError as exc:  # connection, protocol and decoding errors alike
             raise RetryLater(f"{type(exc).__name__}: {exc or 'connection failed'}") from exc
