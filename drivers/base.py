@@ -75,6 +75,11 @@ def no_cross_check(machines: Sequence[tuple[int, MachineBase]]) -> list[tuple[st
     return []
 
 
+def no_devices(machine: MachineBase) -> list[tuple[str, str]]:
+    """For a protocol that opens no local device (it talks over the network)."""
+    return []
+
+
 @dataclass(frozen=True)
 class Probe(Generic[M]):
     """``andon-agent check --connect`` for one protocol.
@@ -102,6 +107,8 @@ class ProtocolPlugin(Generic[M]):
     * ``cross_check``: gets every machine of this protocol with its index in ``machines`` and
       returns (key path, problem) pairs for what no single machine's model can check.
     * ``probe``: ``check --connect``, if the protocol has one.
+    * ``devices(machine)``: the local devices the machine's driver opens, as (key, path) pairs
+      (a serial port: ``("serial", "/dev/ttyUSB0")``), so ``check`` can say whether this user may.
     """
 
     name: str
@@ -111,3 +118,4 @@ class ProtocolPlugin(Generic[M]):
     describe: Callable[[M, Sequence[MachineBase]], list[str]]
     cross_check: CrossCheck[M] = no_cross_check
     probe: Probe[M] | None = None
+    devices: Callable[[M], list[tuple[str, str]]] = no_devices

@@ -1,7 +1,13 @@
 """``andon-agent check [--connect]``: validate a config and show what the agent will do with it.
 
 The machine and sink lines come from their plugins (``describe``), ``--connect`` from the protocols'
-probes: a new protocol or sink kind shows up here without a change to this module.
+probes: a new protocol or sink kind shows up here without a change to this module. Then what ``run``
+needs from this host and user (:mod:`agent.cli.readiness`: secrets' variables and files, serial
+ports), one line each.
+
+Exit status: 0 valid (warnings allowed); 1 valid, but this user may not open a device a machine
+needs (or ``--connect`` could not read every signal); 2 invalid, or a file ``run`` must read at
+start cannot be read (``run`` would refuse to start).
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ import argparse
 import asyncio
 from typing import Any
 
-from agent.cli.common import EXIT_FATAL, EXIT_OK, add_config_option, config_error, read_config
+from agent.cli.common import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, add_config_option, config_error, read_config
+from agent.cli.readiness import NOTE_ROOT, needs_root_note, readiness
 from agent.config import CodeRule, Config, ForecastRule, Rule, StaleRule, ThresholdRule, ToolLifeRule
 from agent.errors import ConfigError
 from agent.sinks.registry import sink_plugin
@@ -36,9 +43,28 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return config_error(exc)
     print(summary(cfg))
+    status = report_readiness(cfg)
+    if status != EXIT_OK:
+        return status
     if args.connect:
         return check_connect(cfg)
     print("config OK")
+    return EXIT_OK
+
+
+def report_readiness(cfg: Config) -> int:
+    """Print what ``run`` would miss on this host; the exit status it calls for."""
+    findings = readiness(cfg)
+    for finding in findings:
+        print(finding)
+    if needs_root_note(cfg):
+        print(NOTE_ROOT)
+    if any(f.blocks_start for f in findings):
+        print("config valid, but `run` would not start: it cannot read the file(s) named above")
+        return EXIT_CONFIG
+    if any(f.level == "error" for f in findings):
+        print("config valid, but a machine cannot be reached from this host as this user (see above)")
+        return EXIT_FATAL
     return EXIT_OK
 
 

@@ -74,6 +74,11 @@ def describe(m: ModbusMachine, machines: Sequence[MachineBase]) -> list[str]:
     return lines
 
 
+def devices(m: ModbusMachine) -> list[tuple[str, str]]:
+    """The serial port an RTU machine opens (not a pyserial URL such as ``socket://host:port``)."""
+    return [("serial", m.serial)] if m.serial is not None and "://" not in m.serial else []
+
+
 PLUGIN = ProtocolPlugin(
     name="modbus",
     title="Modbus",
@@ -81,6 +86,7 @@ PLUGIN = ProtocolPlugin(
     drivers=ModbusDrivers,
     describe=describe,
     cross_check=check_buses,
+    devices=devices,
     probe=Probe(
         run=probe_all, all_read="every Modbus signal was read", not_all_read="not every Modbus signal was read"
     ),
