@@ -6,6 +6,8 @@
     check.py   andon-agent check    validate a config, show the plan; --connect reads every signal once
     outbox.py  andon-agent outbox   show the queue and dead letters; retry or purge dead letters
     demo.py    andon-agent demo     a simulated machine, the agent and a local receiver
+    send_test.py  andon-agent send-test   one andon.test event through the outbox; each sink's verdict
+    status.py     andon-agent status      the running agent's /status as a table
 
 Adding a command: write ``agent/cli/<command>.py`` with ``add_parser(sub)`` (adds and returns its
 subparser) and ``run(args) -> int`` (the exit status), and add the module to :data:`COMMANDS`.
@@ -18,12 +20,12 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from agent.cli import check, demo, outbox, run
+from agent.cli import check, demo, outbox, run, send_test, status
 from agent.cli.common import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Command
 
 __all__ = ["COMMANDS", "EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "main"]
 
-COMMANDS: tuple[Command, ...] = (run, check, demo, outbox)
+COMMANDS: tuple[Command, ...] = (run, check, demo, outbox, send_test, status)
 
 
 def parser() -> argparse.ArgumentParser:

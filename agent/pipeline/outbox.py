@@ -500,6 +500,23 @@ class Outbox:
         (row,) = self._read("SELECT COUNT(*) FROM events WHERE seq > (SELECT seq FROM cursors WHERE sink = ?)", (sink,))
         return int(row[0])
 
+    def cursor(self, sink: str) -> int:
+        """The highest ``seq`` the sink has settled (0 for a sink not registered)."""
+        rows = self._read("SELECT seq FROM cursors WHERE sink = ?", (sink,))
+        return int(rows[0][0]) if rows else 0
+
+    def depth_before(self, sink: str, seq: int) -> int:
+        """How many events the sink has still to settle before ``seq``."""
+        rows = self._read(
+            "SELECT COUNT(*) FROM events WHERE seq < ? AND seq > (SELECT seq FROM cursors WHERE sink = ?)", (seq, sink)
+        )
+        return int(rows[0][0])
+
+    def dead_letter_reason(self, sink: str, seq: int) -> str | None:
+        """Why the sink refused event ``seq``, if it set it aside as a dead letter."""
+        rows = self._read("SELECT reason FROM dead_letters WHERE sink = ? AND seq = ?", (sink, seq))
+        return str(rows[0][0]) if rows else None
+
     def seen(self, sink: str) -> set[str]:
         """The alerts ``sink`` has seen: sent a raised of, and no cleared since."""
         return {row[0] for row in self._read("SELECT alert FROM sink_alerts WHERE sink = ?", (sink,))}

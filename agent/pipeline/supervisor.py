@@ -11,7 +11,9 @@ Every machine runs in its own task (:mod:`agent.pipeline.runner`) and reconnects
 dead machine never delays another. SIGHUP reloads the config: only machines and sinks whose config
 changed are restarted. A stop signal cancels the machines, makes one last delivery attempt and
 closes the outbox. The status endpoints (:mod:`agent.ops.status`) render the snapshots
-:meth:`Agent.snapshot` takes (:mod:`agent.pipeline.snapshot`).
+:meth:`Agent.snapshot` takes (:mod:`agent.pipeline.snapshot`). The agent holds its state directory's
+lock (:mod:`agent.pipeline.statelock`) while it runs, and answers ``send-test`` on its control socket
+(:mod:`agent.ops.control`, :mod:`agent.pipeline.sendtest`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,16 +31,19 @@ from agent.config.rules import Rule
 from agent.config.schema import Config
 from agent.errors import ConfigError, OutboxError
 from agent.model import Transition, TransitionKind
+from agent.ops.control import SOCKET, ControlServer
 from agent.ops.notify import Notifier
 from agent.ops.snapshot import Snapshot
 from agent.pipeline.alertlog import AlertLog, Observer
 from agent.pipeline.delivery import Delivery
 from agent.pipeline.outbox import AsyncOutbox, Outbox
 from agent.pipeline.runner import OFFLINE, Clock, Machine, MachineRunner
+from agent.pipeline.sendtest import send_test
 from agent.pipeline.snapshot import take_snapshot
+from agent.pipeline.statelock import StateLock
 from agent.rules.flood import FLOOD
 from agent.rules.unreadable import UNREADABLE
-from agent.sinks.base import Origin, Secrets, SinkConfigBase
+from agent.sinks.base import Origin, Secrets, Sink, SinkConfigBase
 from agent.sinks.registry import sink_plugin
 from drivers.base import Driver
 from drivers.registry import Drivers
@@ -131,7 +136,11 @@ class Agent:
         log.info("stopped")
 
     async def _open(self, stack: contextlib.AsyncExitStack, cfg: Config) -> None:
-        """The drivers' factory, the outbox and the alert log (its state loaded, orphans cleared)."""
+        """The state directory's lock, the drivers' factory, the outbox and the alert log (its state
+        loaded, orphans cleared)."""
+        lock = StateLock(cfg.agent.state_dir, "agent")
+        await lock.acquire()  # waits while `send-test` delivers by itself (seconds)
+        stack.callback(lock.release)
         if self._driver_factory is None:
             shared = Drivers()
             stack.push_async_callback(shared.aclose)
@@ -159,6 +168,7 @@ class Agent:
             self._start_machine(machine)
         if cfg.status.listen:
             await self._start_status(stack, cfg.status.listen)
+        await self._start_control(stack, cfg.agent.state_dir / SOCKET)
         watchdog = self._tg.create_task(self._notifier.watchdog(), name="watchdog")
         log.info(
             "agent %s started: %d machine(s), %d rule(s), %d sink(s), %d event(s) waiting in the outbox%s",
@@ -212,6 +222,27 @@ class Agent:
             return
         self.status_port = status.port
 
+    async def _start_control(self, stack: contextlib.AsyncExitStack, path: Path) -> None:
+        """Answer ``send-test`` on the control socket; a socket that cannot be made must not stop the alerting."""
+        try:
+            await stack.enter_async_context(ControlServer(path, self._control))
+        except OSError as exc:
+            log.error("control socket %s is off (%s): `send-test` cannot ask this agent; alerting goes on", path, exc)
+
+    async def _control(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A request on the control socket: ``{"command": "send-test", "timeouts": {sink: seconds}}``."""
+        timeouts = request.get("timeouts")
+        if request.get("command") != "send-test" or not isinstance(timeouts, dict) or not timeouts:
+            return {"error": f"unknown request: {request.get('command')!r}"}
+        unknown = sorted(set(timeouts) - {s.id for s in self.cfg.sinks})
+        if unknown:
+            return {"error": f"the running agent has no sink {unknown[0]!r} (was the config changed without a reload?)"}
+        assert self.alerts is not None and self.outbox is not None
+        deliveries = {sink_id: running.delivery for sink_id, running in self._sinks.items()}
+        seconds = {str(k): float(v) for k, v in timeouts.items()}
+        seq, verdicts = await send_test(self.alerts, self.outbox, deliveries, seconds, by=" via the running agent")
+        return {"seq": seq, "verdicts": [v.to_json() for v in verdicts]}
+
     def _make_outbox(self, cfg: Config) -> AsyncOutbox:
         return AsyncOutbox(
             Outbox(
@@ -231,15 +262,8 @@ class Agent:
         stack = contextlib.AsyncExitStack()
         origin = Origin(self.cfg.agent.gateway_id, self.cfg.agent.site)
         sink = await stack.enter_async_context(sink_plugin(sink_cfg.kind).open(sink_cfg, secrets, origin))
-        delivery = Delivery(
-            sink,
-            self.outbox,
-            batch_size=self.cfg.outbox.batch_size,
-            retry_max=sink_cfg.retry_max,
-            linger=self.cfg.outbox.linger,
-            report_drops=self.alerts.report_drops if self.alerts is not None else None,
-            route=sink_plugin(sink_cfg.kind).route(sink_cfg),
-        )
+        report_drops = self.alerts.report_drops if self.alerts is not None else None
+        delivery = make_delivery(self.cfg, sink_cfg, sink, self.outbox, report_drops)
         task = self._tg.create_task(delivery.run(), name=f"sink:{sink_cfg.id}")
         self._sinks[sink_cfg.id] = _RunningSink(sink_cfg, secrets, delivery, stack, task)
 
@@ -365,6 +389,25 @@ class Agent:
                 for a in orphans
             ]
         )
+
+
+def make_delivery(
+    cfg: Config,
+    sink_cfg: SinkConfigBase,
+    sink: Sink,
+    outbox: AsyncOutbox,
+    report_drops: Callable[[], Awaitable[object]] | None,
+) -> Delivery:
+    """The delivery loop of one open sink, as the agent runs it (``send-test`` without an agent too)."""
+    return Delivery(
+        sink,
+        outbox,
+        batch_size=cfg.outbox.batch_size,
+        retry_max=sink_cfg.retry_max,
+        linger=cfg.outbox.linger,
+        report_drops=report_drops,
+        route=sink_plugin(sink_cfg.kind).route(sink_cfg),
+    )
 
 
 @dataclass
