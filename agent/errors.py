@@ -12,6 +12,8 @@ catch these::
     │       └── NoAnswer       (drivers/modbus/bus.py) one unit on a shared bus did not answer;
     │                          that machine backs off, the bus stays open for the others
     ├── OutboxError            the durable outbox could not be read or written
+    ├── LightError             a stack light could not be written; retryable (its own backoff,
+    │                          never in the alerting path)
     └── DeliveryError          a sink could not deliver a batch
         ├── RetryLater         transient (timeout, 5xx, 408, 429): same events again later
         │                      (``accepted``: how many of the batch's first events were taken)
@@ -57,6 +59,16 @@ class OutboxError(AndonError):
     """The durable outbox could not be read or written."""
 
     retryable = True
+
+
+class LightError(AndonError):
+    """A stack light (``[[lights]]``) did not take a write: not reachable, or it refused. ``light`` names it."""
+
+    retryable = True
+
+    def __init__(self, light: str, message: str) -> None:
+        super().__init__(f"stack light {light!r}: {message}")
+        self.light = light
 
 
 class DeliveryError(AndonError):

@@ -20,6 +20,8 @@ from agent.config import (
     Config,
     FaultRule,
     ForecastRule,
+    Lamp,
+    LightConfig,
     OutboxSection,
     StaleRule,
     StatusSection,
@@ -154,6 +156,8 @@ _MODELS: list[type[BaseModel]] = [
     StatusSection,
     OutboxSection,
     HttpSinkConfig,
+    LightConfig,
+    Lamp,
     # and whatever the plugin lists add
     *(p.config for p in PROTOCOLS),
     *(signal for p in PROTOCOLS for signal in get_args(p.config.model_fields["signals"].annotation)),

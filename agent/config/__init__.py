@@ -9,7 +9,7 @@ one line: ``<file>: <key path>: <problem>``.
     base.py      the shared vocabulary (durations, sizes, ids, the strict model, MachineBase,
                  SignalBase, KeyProblem); drivers and sinks build their models on it
     rules.py     the rule models, one per kind, and their message template fields
-    sections.py  [agent], [alerts], [status], [outbox]
+    sections.py  [agent], [alerts], [status], [outbox], [[lights]]
     schema.py    Config: machines and sinks from the plugin lists (drivers.registry,
                  agent.sinks.registry); the cross-checks
     load.py      load_config / parse_config: TOML -> Config, or a one-line ConfigError
@@ -53,7 +53,15 @@ from agent.config.rules import (
     ToolLifeRule,
     template_fields_for,
 )
-from agent.config.sections import AgentSection, AlertsSection, OutboxSection, StatusSection
+from agent.config.sections import (
+    LAMP_NAMES,
+    AgentSection,
+    AlertsSection,
+    Lamp,
+    LightConfig,
+    OutboxSection,
+    StatusSection,
+)
 
 if TYPE_CHECKING:
     from agent.config.load import load_config, parse_config
@@ -61,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KIND_TEMPLATE_FIELDS",
+    "LAMP_NAMES",
     "RESERVED_RULE_IDS",
     "TEMPLATE_FIELDS",
     "AgentSection",
@@ -74,6 +83,8 @@ __all__ = [
     "ForecastRule",
     "Id",
     "KeyProblem",
+    "Lamp",
+    "LightConfig",
     "MachineBase",
     "OutboxSection",
     "Rule",

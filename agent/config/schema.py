@@ -18,7 +18,7 @@ from pydantic import Field
 
 from agent.config.base import MachineBase, StrictModel
 from agent.config.rules import RESERVED_RULE_IDS, Rule, StaleRule
-from agent.config.sections import AgentSection, AlertsSection, OutboxSection, StatusSection
+from agent.config.sections import AgentSection, AlertsSection, LightConfig, OutboxSection, StatusSection
 from agent.sinks.base import Origin, SinkConfigBase
 from agent.sinks.registry import SINKS, sink_plugin
 from drivers.registry import PROTOCOLS
@@ -45,6 +45,7 @@ class Config(StrictModel):
     status: StatusSection = StatusSection()
     outbox: OutboxSection = OutboxSection()
     sinks: list[AnySink] = Field(default_factory=list)
+    lights: list[LightConfig] = Field(default_factory=list)
 
     def machine(self, machine_id: str) -> MachineBase:
         return next(m for m in self.machines if m.id == machine_id)
@@ -109,4 +110,9 @@ def cross_checks(cfg: Config) -> list[tuple[str, str]]:
         check = sink_plugin(s.kind).cross_check
         if check is not None:
             errors += [(f"sinks[{si}].{key}", problem) for key, problem in check(s, origin)]
+    errors += _unique(cfg.lights, "lights")
+    for li, light in enumerate(cfg.lights):
+        for i, mid in enumerate(light.machines or ()):
+            if mid not in machines:
+                errors.append((f"lights[{li}].machines[{i}]", f"no machine with id {mid!r}"))
     return errors

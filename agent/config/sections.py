@@ -1,13 +1,14 @@
-"""The config's own sections: ``[agent]``, ``[alerts]``, ``[status]`` and ``[outbox]``."""
+"""The config's own sections: ``[agent]``, ``[alerts]``, ``[status]``, ``[outbox]`` and ``[[lights]]``."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from agent.config.base import DEFAULT_STATE_DIR, ByteSize, Duration, Id, StrictModel
+from agent.config.base import DEFAULT_STATE_DIR, ByteSize, Duration, Id, KeyProblem, StrictModel
 
 
 class AgentSection(StrictModel):
@@ -25,6 +26,14 @@ class AlertsSection(StrictModel):
 
 class StatusSection(StrictModel):
     listen: str | None = "127.0.0.1:9108"  # "host:port"; empty string or null turns it off
+    ack_token_env: str | None = None  # acknowledgement on the board: the bearer token from this variable ...
+    ack_token_file: Path | None = None  # ... or from this file; without either nothing can be acknowledged
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> StatusSection:
+        if self.ack_token_env and self.ack_token_file:
+            raise KeyProblem("ack_token_file", "give ack_token_env or ack_token_file, not both")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -43,3 +52,49 @@ class OutboxSection(StrictModel):
     max_dead_letters: int = Field(default=10_000, ge=1)  # the oldest dead letters go beyond this
     batch_size: int = Field(default=500, ge=1, le=10_000)  # events per request (halved after a 413)
     linger: Duration = Field(default=0.05, le=60)  # a partial batch waits this long after the last request
+
+
+class Lamp(StrictModel):
+    """One lamp (or the buzzer) of a stack light: a coil, or a holding register written 1/0."""
+
+    table: Literal["coil", "holding"] = Field(default="coil", alias="register")
+    address: int = Field(ge=0, le=65535)
+
+
+LAMP_NAMES = ("red", "yellow", "green", "blue", "buzzer")
+
+
+class LightConfig(StrictModel):
+    """A Modbus TCP signal tower (or I/O module) that shows the alerts: the only device the agent writes."""
+
+    id: Id
+    protocol: Literal["modbus"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=1, le=65535)
+    unit: int = Field(default=1, ge=0, le=255)
+    write: bool = False  # must be true: the agent writes to no device the config does not allow
+    machines: list[Id] | None = None  # whose alerts it shows; default all
+    timeout: Duration = Field(default=1.0, gt=0, le=30)  # one write
+    red: Lamp
+    yellow: Lamp
+    green: Lamp
+    blue: Lamp | None = None
+    buzzer: Lamp | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> LightConfig:
+        if not self.write:
+            raise KeyProblem(
+                "write",
+                f"stack light {self.id!r} writes to a device: set write = true to allow it "
+                "(the agent writes nowhere else)",
+            )
+        seen: dict[tuple[str, int], str] = {}
+        for name in LAMP_NAMES:
+            lamp: Lamp | None = getattr(self, name)
+            if lamp is None:
+                continue
+            other = seen.setdefault((lamp.table, lamp.address), name)
+            if other != name:
+                raise KeyProblem(name, f"{name} and {other} are both {lamp.table} {lamp.address}")
+        return self

@@ -35,7 +35,8 @@ class SimulatedMachine:
     answers the next requests with its codes, one each, first to last; ``max_count`` refuses (as an
     illegal data address) any read of more registers or bits than that; ``dead``
     holds units that never answer (as a dead slave on RS-485); ``requests`` counts the requests
-    received, ``requests_by_unit`` per unit.
+    received, ``requests_by_unit`` per unit, ``replies`` the answers sent (``wait_requests`` and
+    ``wait_replies`` wait for more).
     """
 
     def __init__(
@@ -58,8 +59,10 @@ class SimulatedMachine:
         self.script: list[int] = []
         self.max_count: int | None = None
         self.requests = 0
+        self.replies = 0
         self.requests_by_unit: dict[int, int] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._reply_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
     def url(self) -> str:
@@ -84,7 +87,12 @@ class SimulatedMachine:
         return action
 
     def _trace(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
-        if not sending:
+        if sending:
+            self.replies += 1
+            for target, fut in list(self._reply_waiters):
+                if self.replies >= target and not fut.done():
+                    fut.set_result(None)
+        else:
             self.requests += 1
             self.requests_by_unit[pdu.dev_id] = self.requests_by_unit.get(pdu.dev_id, 0) + 1
             for target, fut in list(self._waiters):
@@ -94,13 +102,21 @@ class SimulatedMachine:
 
     async def wait_requests(self, n: int) -> None:
         """Wait until the machine has received ``n`` more requests."""
+        await self._wait(self._waiters, self.requests + n)
+
+    async def wait_replies(self, n: int) -> None:
+        """Wait until the machine has answered ``n`` more requests (a write is then in its tables)."""
+        await self._wait(self._reply_waiters, self.replies + n)
+
+    @staticmethod
+    async def _wait(waiters: list[tuple[int, asyncio.Future[None]]], target: int) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (self.requests + n, fut)
-        self._waiters.append(entry)
+        entry = (target, fut)
+        waiters.append(entry)
         try:
             await fut
         finally:
-            self._waiters.remove(entry)
+            waiters.remove(entry)
 
     def _device(self, unit: int) -> SimDevice:
         n = self.registers
