@@ -16,6 +16,7 @@ import pytest
 from agent.config import Config, parse_config
 from agent.demo.receiver import Receiver
 from drivers.modbus.sim import SimulatedMachine
+from tests.board_helpers import Browser, browser_session
 from tests.fake_services import FakeNtfy, FakePagerDuty
 from tests.mosquitto import CertFiles, Mosquitto, make_ca, password_file
 
@@ -170,3 +171,9 @@ async def tls_broker(tmp_path_factory: pytest.TempPathFactory, ca: CertFiles) ->
     await b.start()
     yield b
     await b.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the whole session (Debian's chromium and chromium-driver)."""
+    yield from browser_session()
