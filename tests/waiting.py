@@ -82,9 +82,10 @@ async def running_agent(cfg: Config, *, changes: Changes | None = None, **kw: An
     agent = Agent(cfg, observers=[changes.bump] if changes else [], **kw)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
-    await asyncio.wait({task, asyncio.ensure_future(agent.started.wait())}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()  # it failed to start: raise why
+    for ready in (agent.started, agent.surface.ready):  # the board and status listener start after the first polls
+        await asyncio.wait({task, asyncio.ensure_future(ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # it failed to start: raise why
     try:
         yield agent
     finally:

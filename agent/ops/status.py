@@ -1,4 +1,5 @@
-"""The status endpoints: ``GET /healthz``, ``GET /metrics`` (Prometheus text) and ``GET /status`` (JSON).
+"""The status endpoints: ``GET /healthz``, ``GET /metrics`` (Prometheus text) and ``GET /status`` (JSON),
+served on the board's listener (one port for the board and the status).
 
 Every answer is built from one :class:`~agent.ops.snapshot.Snapshot` of the running agent, taken
 when the request arrives by the callable the server was given (the supervisor's
@@ -18,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.model import Severity
-from agent.ops.httpserver import HttpServer, Request, Response
+from agent.ops.httpserver import Response
 from agent.ops.snapshot import Snapshot
 
 
@@ -105,36 +106,25 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class StatusServer:
-    """Serves the agent's status on ``listen`` ("host:port"; 127.0.0.1 unless configured otherwise).
+class StatusEndpoints:
+    """Answers ``/healthz``, ``/metrics`` and ``/status``; the board's server (:mod:`agent.ops.board.web`)
+    serves them on ``[status] listen`` next to the board.
 
     ``snapshot`` is awaited once per request; requests may overlap, so it must be safe to await
     concurrently (the supervisor's ``Agent.snapshot`` only reads).
     """
 
-    def __init__(self, snapshot: Callable[[], Awaitable[Snapshot]], listen: str) -> None:
+    def __init__(self, snapshot: Callable[[], Awaitable[Snapshot]]) -> None:
         self._snapshot = snapshot
-        host, port = parse_listen(listen)
-        self._http = HttpServer(self._handle, host, port)
         self._collector = SnapshotCollector()
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self._collector)
 
-    @property
-    def port(self) -> int:
-        return self._http.port
-
-    async def __aenter__(self) -> StatusServer:
-        await self._http.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._http.stop()
-
-    async def _handle(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
+    async def answer(self, method: str, path: str) -> Response:
+        """The answer to ``method path`` (a GET or HEAD of one of the three paths)."""
+        if method not in ("GET", "HEAD"):
             return Response(405, b"method not allowed\n", headers={"allow": "GET"})
-        path = request.path.split("?", 1)[0]
+        path = path.split("?", 1)[0]
         if path not in ("/healthz", "/metrics", "/status"):
             return Response(404, b"not found: try /healthz, /metrics or /status\n")
         snap = await self._snapshot()

@@ -119,6 +119,7 @@ class MachineRunner:
         self.status = MachineStatus(offline=f"{machine.id}/{OFFLINE}" in alerts.active)
         self._last_good_mono = clock.monotonic()  # the offline clock starts when the agent starts
         self._recovered = asyncio.Event()
+        self.first_poll = asyncio.Event()  # set when the first poll is done, or the first connection failed
         self._offline_lock = asyncio.Lock()
         self._conn = Trouble(log, f"machine {machine.id}")
         self._commit = Trouble(log, f"machine {machine.id}: committing events")
@@ -155,6 +156,7 @@ class MachineRunner:
                     await self._session()
 
     def _before_sleep(self, state: RetryCallState) -> None:
+        self.first_poll.set()
         exc = state.outcome.exception() if state.outcome else None
         self.status.connected = False
         self.status.errors += 1
@@ -224,6 +226,7 @@ class MachineRunner:
         async with self._rules_lock:
             await self._evaluate(good, now, ticked=False)
             await self._judge_unreadable(now)
+        self.first_poll.set()
         return bool(good)
 
     async def _evaluate(self, samples: Sequence[Sample], now: float, *, ticked: bool) -> None:

@@ -31,6 +31,7 @@ from agent.config.rules import Rule
 from agent.config.schema import Config
 from agent.errors import ConfigError, OutboxError
 from agent.model import Transition, TransitionKind
+from agent.ops.board.history import AlertHistory
 from agent.ops.control import SOCKET, ControlServer
 from agent.ops.notify import Notifier
 from agent.ops.snapshot import Snapshot
@@ -41,6 +42,7 @@ from agent.pipeline.runner import OFFLINE, Clock, Machine, MachineRunner
 from agent.pipeline.sendtest import send_test
 from agent.pipeline.snapshot import take_snapshot
 from agent.pipeline.statelock import StateLock
+from agent.pipeline.surface import BoardFeed, Surface, ack_token
 from agent.rules.flood import FLOOD
 from agent.rules.unreadable import UNREADABLE
 from agent.sinks.base import Origin, Secrets, Sink, SinkConfigBase
@@ -85,10 +87,12 @@ class Agent:
         self._machines: dict[str, tuple[MachineRunner, asyncio.Task[None]]] = {}
         self._sinks: dict[str, _RunningSink] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self._surface_tasks: list[asyncio.Task[None]] = []
         self._reload = asyncio.Event()
         self.outbox: AsyncOutbox | None = None
         self.alerts: AlertLog | None = None
-        self.status_port: int | None = None
+        self.history = AlertHistory()  # the board's time lines
+        self.surface = Surface(cfg.lights)  # the board, the status endpoints and the stack lights
         self.started = asyncio.Event()
         self.reloads = 0  # reloads applied (a refused one does not count)
         self.reload_done = asyncio.Event()  # set after each reload attempt, applied or refused
@@ -101,6 +105,11 @@ class Agent:
     def deliveries(self) -> list[Delivery]:
         return [s.delivery for s in self._sinks.values()]
 
+    @property
+    def status_port(self) -> int | None:
+        """The port of the board and the status endpoints, once they listen."""
+        return self.surface.port
+
     async def snapshot(self) -> Snapshot:
         """What the agent is doing now (for /healthz, /metrics and /status)."""
         return await take_snapshot(self)
@@ -112,12 +121,13 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
         secrets = _secrets(cfg)  # ConfigError before anything starts
+        token = ack_token(cfg.status)
         cfg.agent.state_dir.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
             await self._open(stack, cfg)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                watchdog = await self._start(stack, cfg, secrets)
+                watchdog = await self._start(stack, cfg, secrets, token)
                 while not stop.is_set():
                     await _first(stop.wait(), self._reload.wait())
                     if self._reload.is_set() and not stop.is_set():
@@ -132,6 +142,8 @@ class Agent:
                 sinks = list(self._sinks.values())
                 answered = await asyncio.gather(*(self._stop_sink_task(s, in_flight) for s in sinks))
                 watchdog.cancel()
+                for task in self._surface_tasks:
+                    task.cancel()
             await asyncio.gather(*(self._last_delivery(s, deadline, ok) for s, ok in zip(sinks, answered, strict=True)))
         log.info("stopped")
 
@@ -151,23 +163,31 @@ class Agent:
             outbox,
             gateway=cfg.agent.gateway_id,
             site=cfg.agent.site,
-            on_commit=[self._wake_deliveries],
-            observers=self._observers,
+            on_commit=[self._wake_deliveries, self.surface.changed],
+            observers=[self.history.observe, *self._observers],
         )
         await self.alerts.load()
+        self.history.seed(self.alerts.active.values())
         await self._clear_orphans(self.alerts)
+        alerts = self.alerts
+        self.surface.follow(lambda: list(alerts.active.values()))
 
     async def _start(
-        self, stack: contextlib.AsyncExitStack, cfg: Config, secrets: Sequence[Secrets]
+        self, stack: contextlib.AsyncExitStack, cfg: Config, secrets: Sequence[Secrets], token: str | None
     ) -> asyncio.Task[None]:
-        """Start the sinks, the machines, the status endpoints and the watchdog (returned); say READY."""
+        """Start the sinks, the machines, the board and status endpoints, the stack lights and the
+        watchdog (returned); say READY."""
         assert self._tg is not None and self.outbox is not None
         for sink_cfg, sink_secrets in zip(cfg.sinks, secrets, strict=True):
             await self._start_sink(sink_cfg, sink_secrets)
         for machine in cfg.machines:
             self._start_machine(machine)
         if cfg.status.listen:
-            await self._start_status(stack, cfg.status.listen)
+            self._start_surface(cfg.status.listen, token)
+        else:
+            self.surface.ready.set()
+        if self.surface.lights is not None:
+            self._surface_tasks.append(self._tg.create_task(self.surface.lights.run(), name="lights"))
         await self._start_control(stack, cfg.agent.state_dir / SOCKET)
         watchdog = self._tg.create_task(self._notifier.watchdog(), name="watchdog")
         log.info(
@@ -211,16 +231,15 @@ class Agent:
 
     # -- building blocks ----------------------------------------------------------------------
 
-    async def _start_status(self, stack: contextlib.AsyncExitStack, listen: str) -> None:
-        """Serve /healthz, /metrics and /status; a port already taken must not stop the alerting."""
-        from agent.ops.status import StatusServer  # prometheus-client only when it is used
+    def _start_surface(self, listen: str, token: str | None) -> None:
+        """The board and /healthz, /metrics, /status on one listener, started after the first polls."""
+        from agent.ops.status import StatusEndpoints  # prometheus-client only when it is used
 
-        try:
-            status = await stack.enter_async_context(StatusServer(self.snapshot, listen))
-        except OSError as exc:
-            log.error("status endpoints are off: cannot listen on %s (%s); alerting goes on", listen, exc)
-            return
-        self.status_port = status.port
+        assert self._tg is not None
+        feed = BoardFeed(self, self.history, ack=token is not None, lights=self.surface.lights)
+        first_polls = [runner.first_poll for runner in self.machines]
+        serving = self.surface.serve(feed, listen, token, StatusEndpoints(self.snapshot), first_polls)
+        self._surface_tasks.append(self._tg.create_task(serving, name="board"))
 
     async def _start_control(self, stack: contextlib.AsyncExitStack, path: Path) -> None:
         """Answer ``send-test`` on the control socket; a socket that cannot be made must not stop the alerting."""
@@ -317,10 +336,11 @@ class Agent:
             return
         self._notifier.send(RELOADING="1", STATUS="reloading the config")
         old = self.cfg
-        for section in ("agent", "outbox", "status"):
+        for section in ("agent", "outbox", "status", "lights"):
             if getattr(old, section) != getattr(new, section):
                 log.warning("reload: changes to [%s] take effect after a restart", section)
-        new = new.model_copy(update={"agent": old.agent, "outbox": old.outbox, "status": old.status})
+        restart_only = {"agent": old.agent, "outbox": old.outbox, "status": old.status, "lights": old.lights}
+        new = new.model_copy(update=restart_only)
         new_secrets = {s.id: secret for s, secret in zip(new.sinks, secrets, strict=True)}
         await self._stop_changed(old, new, new_secrets)
         self.cfg = new
