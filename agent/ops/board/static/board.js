@@ -14,8 +14,15 @@
   let ackKey = null;
   const historyStamp = new Map(); // machine -> [signature, drawn at]
   let chartsDrawn = 0;
-  // For tests and the latency bench: when each alert appeared and went (this page's epoch ms).
-  const record = { seen: {}, gone: {}, renders: 0, connected: false };
+  // For tests and the latency bench: when each alert appeared and went (this page's epoch ms), the
+  // last appearances and goings in order, and how many boards were drawn.
+  const record = { seen: {}, gone: {}, events: [], renders: 0, connected: false };
+  const note = (kind, key) => {
+    const at = wallNow();
+    (kind === "seen" ? record.seen : record.gone)[key] = at;
+    record.events.push([kind, key, at]);
+    if (record.events.length > 2000) record.events.splice(0, 1000);
+  };
   window.andonBoard = record;
 
   const wallNow = () => performance.timeOrigin + performance.now();
@@ -72,8 +79,7 @@
     meta.append(el("span", { class: "rule" }), " \u00b7 active ", el("span", { class: "age" }), el("span", { class: "acked" }));
     item.append(el("div", { class: "msg" }), meta);
     list.append(item);
-    record.seen[a.alert] = wallNow();
-    delete record.gone[a.alert];
+    note("seen", a.alert);
     return item;
   }
 
@@ -106,7 +112,7 @@
       const key = item.getAttribute("data-alert");
       if (!keep.has(key)) {
         item.remove();
-        record.gone[key] = wallNow();
+        note("gone", key);
       }
     }
     m.alerts.forEach((a, i) => {
