@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from agent.model import Severity, Transition, TransitionKind
-from agent.ops.board.history import AlertHistory
-from agent.ops.board.svg import Bar, Item, bars, timeline
+from agent.ops.board.history import AlertHistory, Bar
+from agent.ops.board.svg import Item, bars, timeline
 from agent.ops.board.view import LightInfo, MachineInfo, board_view, machine_state, split_key
 from agent.ops.board.web import MAX_BY, MAX_NOTE, bearer_ok, board_message, cross_site, parse_ack
 from agent.pipeline.alertlog import ActiveAlert

@@ -16,6 +16,7 @@ from agent.config import LightConfig, parse_config
 from agent.errors import ConfigError
 from agent.model import Severity
 from agent.ops.lights import Lamps, Lights, StackLight, lamps_for, writes_for
+from agent.pipeline.surface import modbus_lamps
 from drivers.modbus.sim import SimulatedMachine
 from tests.waiting import Changes
 
@@ -145,7 +146,7 @@ async def running(light: StackLight | Lights) -> AsyncIterator[None]:
 async def test_coils_follow_the_alerts_and_come_back_after_the_tower_restarts() -> None:
     changes = Changes()
     async with SimulatedMachine(registers=4) as tower:
-        lights = Lights.from_config([light(port=tower.port)], backoff_max=0.3, on_change=changes.bump)
+        lights = Lights.from_config([light(port=tower.port)], modbus_lamps, backoff_max=0.3, on_change=changes.bump)
         (tl,) = lights.lights
         lights.show([])
         async with running(lights):
@@ -179,7 +180,7 @@ async def test_holding_register_lamps_are_written_1_and_0() -> None:
             blue=None,
             buzzer=None,
         )
-        sl = StackLight(cfg)
+        sl = StackLight(cfg, modbus_lamps)
         sl.show(Lamps(yellow=True))
         async with running(sl), asyncio.timeout(5):
             while await tower.get("holding", 10, 3) != [0, 1, 0]:
@@ -191,7 +192,7 @@ async def test_holding_register_lamps_are_written_1_and_0() -> None:
 
 async def test_lamps_are_written_again_every_refresh() -> None:
     async with SimulatedMachine(registers=4) as tower:
-        sl = StackLight(light(port=tower.port), refresh=0.2)
+        sl = StackLight(light(port=tower.port), modbus_lamps, refresh=0.2)
         sl.show(Lamps(red=True))
         async with running(sl):
             await until_lamps(tower, Lamps(red=True))
@@ -205,7 +206,7 @@ async def test_a_tower_that_refuses_writes_is_retried_and_show_never_blocks() ->
     changes = Changes()
     async with SimulatedMachine(registers=4) as tower:
         tower.exception = 4  # device failure on every request
-        sl = StackLight(light(port=tower.port), backoff_max=0.2, on_change=changes.bump)
+        sl = StackLight(light(port=tower.port), modbus_lamps, backoff_max=0.2, on_change=changes.bump)
         async with running(sl):
             for n in range(50):  # show() only records: it returns at once whatever the tower does
                 started = time.perf_counter()

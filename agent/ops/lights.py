@@ -100,8 +100,9 @@ def writes_for(cfg: LightConfig, lamps: Lamps) -> list[LampWrite]:
 
 
 class LampWriter(Protocol):
-    """One connection to one tower (drivers/modbus/lamps.py). ``write`` only inside ``async with``,
-    never concurrently; both raise :class:`~agent.errors.LightError` and are bounded in time."""
+    """One connection to one tower (:class:`drivers.modbus.lamps.ModbusLampWriter`, which the
+    pipeline hands in). ``write`` only inside ``async with``, never concurrently; both raise
+    :class:`~agent.errors.LightError` and are bounded in time."""
 
     async def __aenter__(self) -> Self: ...
 
@@ -110,12 +111,6 @@ class LampWriter(Protocol):
     ) -> None: ...
 
     async def write(self, writes: Sequence[LampWrite]) -> None: ...
-
-
-def modbus_writer(cfg: LightConfig) -> LampWriter:
-    from drivers.modbus.lamps import ModbusLampWriter  # pymodbus only when a light is configured
-
-    return ModbusLampWriter(cfg.id, cfg.host, cfg.port, unit=cfg.unit, timeout=cfg.timeout)
 
 
 class StackLight:
@@ -128,7 +123,7 @@ class StackLight:
     def __init__(
         self,
         cfg: LightConfig,
-        writer: Callable[[LightConfig], LampWriter] = modbus_writer,
+        writer: Callable[[LightConfig], LampWriter],
         *,
         refresh: float = REFRESH,
         backoff_max: float = BACKOFF_MAX,
@@ -218,7 +213,7 @@ class Lights:
     def from_config(
         cls,
         cfgs: Sequence[LightConfig],
-        writer: Callable[[LightConfig], LampWriter] = modbus_writer,
+        writer: Callable[[LightConfig], LampWriter],
         *,
         refresh: float = REFRESH,
         backoff_max: float = BACKOFF_MAX,

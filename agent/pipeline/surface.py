@@ -26,9 +26,8 @@ from agent.config.base import KeyProblem, read_secret
 from agent.config.sections import LightConfig, StatusSection
 from agent.errors import ConfigError
 from agent.ops.board.history import AlertHistory
-from agent.ops.board.svg import timeline
 from agent.ops.board.view import LightInfo, MachineInfo, board_view
-from agent.ops.lights import Lights
+from agent.ops.lights import LampWriter, Lights
 from agent.pipeline.alertlog import ActiveAlert
 from agent.pipeline.snapshot import Running
 
@@ -38,6 +37,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("andon.runtime")
 
 FIRST_POLL_WAIT = 2.0  # seconds the listener waits at most for the machines' first polls
+
+
+def modbus_lamps(cfg: LightConfig) -> LampWriter:
+    """The writer of a ``[[lights]]`` tower: pymodbus's client, imported only when a light is configured."""
+    from drivers.modbus.lamps import ModbusLampWriter
+
+    return ModbusLampWriter(cfg.id, cfg.host, cfg.port, unit=cfg.unit, timeout=cfg.timeout)
 
 
 def ack_token(status: StatusSection) -> str | None:
@@ -107,6 +113,8 @@ class BoardFeed:
     def history_svg(self, machine: str) -> str | None:
         if not any(m.id == machine for m in self._agent.cfg.machines):
             return None
+        from agent.ops.board.svg import timeline  # loaded with the board, not with the agent
+
         now = self._now()
         return timeline(self._history.bars(machine, now), now)
 
@@ -118,7 +126,7 @@ class Surface:
     """The board's server (once it runs) and the stack lights, told of every commit."""
 
     def __init__(self, lights: Sequence[LightConfig] = ()) -> None:
-        self.lights = Lights.from_config(lights, on_change=self._board_changed) if lights else None
+        self.lights = Lights.from_config(lights, modbus_lamps, on_change=self._board_changed) if lights else None
         self.board: Any = None  # the BoardServer while it runs (typed loosely: the web framework loads late)
         self.port: int | None = None
         self.ready = asyncio.Event()  # set once the listener is up, or could not start

@@ -11,10 +11,23 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from agent.model import Severity, Transition, TransitionKind
-from agent.ops.board.svg import Bar
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One stretch of one alert: ``end`` None while it is still active. ``colour``: critical,
+    warning, info or offline (:data:`agent.ops.board.svg.FILL`)."""
+
+    key: str
+    colour: str
+    start: float  # wall clock
+    end: float | None
+    label: str = ""  # tooltip text (the alert's message)
+
 
 KEEP = 24 * 3600.0
 MAX_BARS = 500

@@ -16,21 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from agent.ops.board.history import Bar
+
 FILL = {"critical": "#d32f2f", "warning": "#f9c80e", "info": "#c8c8c8", "offline": "#1e6fd9", "ok": "#2e7d32"}
 TEXT = "#e8e8e8"
 MUTED = "#8a8a8a"
 FONT = "font-family=\"'Liberation Sans', Arial, Helvetica, sans-serif\""
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    """One stretch of one alert: ``end`` None while it is still active."""
-
-    key: str
-    colour: str  # a key of FILL
-    start: float  # wall clock
-    end: float | None
-    label: str = ""  # tooltip text (the alert's message)
 
 
 def _x(t: float, t0: float, span: float, left: float, width: float) -> float:
