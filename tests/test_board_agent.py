@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +22,7 @@ from agent.errors import ConfigError
 from agent.ops.lights import Lamps
 from agent.pipeline.supervisor import Agent
 from drivers.modbus.sim import SimulatedMachine
+from tests.agent_process import ROOT, write_config
 from tests.board_helpers import Browser
 from tests.waiting import Changes, of, running
 
@@ -223,3 +227,45 @@ async def test_the_page_follows_the_real_agent(
         )  # the time line has the stretch of the alert that just ended
         assert "m1/wear" in svg
         await browser.open("about:blank")
+
+
+# The command line with a note, at exit, of which optional libraries the process loaded.
+IMPORTS_PROBE = """
+import atexit, sys
+WATCH = ("uvicorn", "starlette", "click", "pygments", "trio", "httpx._main", "pymodbus")
+atexit.register(lambda: print("LOADED", *[m for m in WATCH if sys.modules.get(m) is not None], flush=True))
+from agent.cli import main
+sys.exit(main(["run", "--config", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize(("listen", "loaded"), [("", set()), ("127.0.0.1:0", {"uvicorn", "starlette", "click"})])
+async def test_the_web_framework_is_loaded_only_with_a_listener_and_sigterm_still_stops_the_agent(
+    tmp_path: Path, machine: SimulatedMachine, receiver: Receiver, listen: str, loaded: set[str]
+) -> None:
+    cfg = write_config(tmp_path / "agent.toml", tmp_path / "state", machine.port, receiver.url)
+    cfg.write_text(cfg.read_text().replace('listen = ""', f'listen = "{listen}"'))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        IMPORTS_PROBE,
+        str(cfg),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    want = "andon board on http://127.0.0.1:" if listen else "started"
+    async with asyncio.timeout(20):
+        while not any(want in line for line in lines):
+            raw = await proc.stdout.readline()
+            assert raw, "".join(lines)
+            lines.append(raw.decode())
+    proc.send_signal(signal.SIGTERM)  # the agent's handler, not uvicorn's
+    async with asyncio.timeout(15):
+        lines += (await proc.stdout.read()).decode().splitlines()
+        assert await proc.wait() == 0, "".join(lines)
+    (note,) = [line for line in lines if line.startswith("LOADED")]
+    assert set(note.split()[1:]) == loaded, note  # never trio nor httpx's command line; pymodbus: not for TCP
+    assert any("stopped" in line for line in lines)
