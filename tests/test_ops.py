@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -126,6 +127,9 @@ async def test_an_endpoint_that_refuses_everything_shows_in_healthz_and_metrics(
             answer["status"] = 200  # the route is back
             await machine.set("holding", 10, [0])  # a second event: sent only once the first is settled
             await r.wait_for(lambda got: [e["type"].rsplit(".", 1)[1] for e in got] == ["raised", "cleared"])
+            async with asyncio.timeout(5):  # the agent settles once the answer is in: nothing to await
+                while delivery.refused is not None:  # noqa: ASYNC110 - the delivery loop has no event for it
+                    await asyncio.sleep(0.01)
             assert (await http.get(f"{base}/healthz")).status_code == 200
             assert 'andon_sink_refused{sink="up"} 0.0' in (await http.get(f"{base}/metrics")).text
 

@@ -75,6 +75,13 @@ def _outbox_metrics(s: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "andon_outbox_dead_letters", "events the upstream refused, set aside", value=ob["dead_letters"]
     )
+    yield GaugeMetricFamily("andon_outbox_bytes", "bytes of the queued events' bodies", value=ob["bytes"])
+    yield GaugeMetricFamily(
+        "andon_outbox_disk_full", "1 while the last write failed because the disk is full", value=int(ob["disk_full"])
+    )
+    yield CounterMetricFamily(
+        "andon_outbox_write_errors", "writes the outbox refused since start", value=ob["write_errors"]
+    )
 
 
 def _sink_metrics(s: Snapshot) -> Iterator[Metric]:

@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -141,6 +142,8 @@ class OutboxStats:
     disk_full: bool  # the last write failed because the disk (or file) is full
     write_errors: int  # writes refused since start (disk full, I/O errors)
     file_bytes: int  # the database file and its WAL on disk
+    sink_depths: dict[str, int]  # events each sink has not settled yet
+    oldest_time: float | None  # wall-clock time (the CloudEvent's ``time``) of the oldest event kept
 
 
 class Outbox:
@@ -163,6 +166,12 @@ class Outbox:
         self._bytes = 0
         self._dead = 0
         self._oldest: int | None = None
+        self._oldest_time: float | None = None
+        # Per sink, kept up to date by every commit and settle, so that stats() (the status endpoints)
+        # never has to ask the file. Replaced as a whole when sinks come or go: readers on other
+        # threads copy them safely.
+        self._cursors: dict[str, int] = {}
+        self._depths: dict[str, int] = {}
         self._dropped = 0
         self.unreported_drops = 0  # read by the delivery loop (any thread): a plain int
         self._full_logged = False
@@ -256,10 +265,31 @@ class Outbox:
         db = self.db
         self._count, self._bytes = db.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM events").fetchone()
         self._oldest = db.execute("SELECT min(seq) FROM events").fetchone()[0]
+        self._oldest_time = self._time_of(self._oldest)
+        rows = db.execute(
+            "SELECT c.sink, c.seq, (SELECT count(*) FROM events e WHERE e.seq > c.seq) FROM cursors c"
+        ).fetchall()
+        self._cursors = {str(sink): int(seq) for sink, seq, _ in rows}
+        self._depths = {str(sink): int(n) for sink, _, n in rows}
         self._dead = self._scalar("SELECT count(*) FROM dead_letters")
         self._drop_floor = 0
         self._dropped = self._meta("dropped")
         self.unreported_drops = self._meta("drop_n")
+
+    def _time_of(self, seq: int | None) -> float | None:
+        """The ``time`` of event ``seq`` (None if there is none, or it has no readable time)."""
+        if seq is None:
+            return None
+        row = self.db.execute("SELECT body FROM events WHERE seq = ?", (seq,)).fetchone()
+        try:
+            return datetime.fromisoformat(json.loads(row[0])["time"]).timestamp()
+        except (TypeError, ValueError, KeyError):
+            return None
+
+    def _set_oldest(self, seq: int | None) -> None:
+        if seq != self._oldest:
+            self._oldest = seq
+            self._oldest_time = self._time_of(seq)
 
     def _transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
         db = self.db
@@ -389,13 +419,15 @@ class Outbox:
         self._transaction(work)
         self._count += len(events) - len(dropped)
         self._bytes += sum(len(e.body) for e in events) - sum(d[2] for d in dropped)
+        for sink, cursor in self._cursors.items():  # new events are above every cursor; drops may be too
+            self._depths[sink] += len(events) - sum(1 for seq, _, _ in dropped if seq > cursor)
         if events and self._oldest is None:
-            self._oldest = events[0].seq
+            self._set_oldest(events[0].seq)
         self._drop_floor = max([self._drop_floor] + [seq for seq, sev, _ in dropped if sev < _CRITICAL])
         if dropped or reported_drops:
             tally = dict(self._read("SELECT key, value FROM meta WHERE key IN ('dropped', 'drop_n')"))
             self._dropped, self.unreported_drops = tally["dropped"], tally["drop_n"]
-            self._oldest = self._read("SELECT min(seq) FROM events")[0][0]
+            self._set_oldest(self._read("SELECT min(seq) FROM events")[0][0])
         return events
 
     def _mark_reported(self, db: sqlite3.Connection, n: int) -> None:
@@ -535,6 +567,8 @@ class Outbox:
         """
         now = time.time()
         freed: list[int] = []
+        settled: list[int] = []  # events this settle moves the sink's cursor past
+        before = self._cursors.get(sink)
         opened = [(sink, k) for k, is_open in (seen or {}).items() if is_open]
         closed = [(sink, k) for k, is_open in (seen or {}).items() if not is_open]
 
@@ -548,15 +582,20 @@ class Outbox:
                     "INSERT OR REPLACE INTO dead_letters (sink, seq, id, body, reason, time) VALUES (?, ?, ?, ?, ?, ?)",
                     [(sink, e.seq, e.id, e.body, reason, now) for e, reason in rejected],
                 )
+            if before is not None and up_to > before:
+                settled.append(self._scalar("SELECT count(*) FROM events WHERE seq > ? AND seq <= ?", (before, up_to)))
             db.execute("UPDATE cursors SET seq = max(seq, ?) WHERE sink = ?", (up_to, sink))
             freed.extend(self._delete_settled(db))
 
         self._transaction(work)
+        if before is not None and up_to > before:
+            self._cursors[sink] = up_to
+            self._depths[sink] -= settled[0]
         self._dead = int(self._read("SELECT count(*) FROM dead_letters")[0][0])  # `andon-agent outbox` changes them
         if freed:
             self._count -= len(freed)
             self._bytes -= sum(freed)
-            self._oldest = self._read("SELECT min(seq) FROM events")[0][0]
+            self._set_oldest(self._read("SELECT min(seq) FROM events")[0][0])
             if self._count == 0:
                 self._after_drain()
 
@@ -613,6 +652,8 @@ class Outbox:
             disk_full=self._disk_full,
             write_errors=self._write_errors,
             file_bytes=size,
+            sink_depths=dict(self._depths),
+            oldest_time=self._oldest_time,
         )
 
 

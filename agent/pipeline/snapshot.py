@@ -6,9 +6,7 @@ thread. :meth:`agent.pipeline.supervisor.Agent.snapshot` calls it for the status
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, Protocol
 
 from agent.config.schema import Config
@@ -86,18 +84,13 @@ def _sink(d: Delivery, pending: int, problems: list[str]) -> SinkView:
     )
 
 
-def _event_time(body: bytes) -> float | None:
-    try:
-        return datetime.fromisoformat(json.loads(body)["time"]).timestamp()
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-async def _outbox_and_sinks(
+def _outbox_and_sinks(
     ob: AsyncOutbox, deliveries: Sequence[Delivery], now: float, problems: list[str]
 ) -> tuple[dict[str, Any], list[SinkView]]:
-    """The outbox's figures and each sink's view (the oldest event waiting for any sink gives the age)."""
-    stats = await ob.call(ob.sync.stats)
+    """The outbox's figures and each sink's view, from the counters the outbox keeps in memory: a
+    health check or a scrape never queues work on the outbox's disk thread (nor waits behind a slow
+    fsync there)."""
+    stats = ob.sync.stats()
     outbox: dict[str, Any] = {
         "events": stats.events,
         "bytes": stats.bytes,
@@ -105,19 +98,11 @@ async def _outbox_and_sinks(
         "dead_letters": stats.dead_letters,
         "disk_full": stats.disk_full,
         "write_errors": stats.write_errors,
+        "oldest_event_age_seconds": None if stats.oldest_time is None else max(0.0, now - stats.oldest_time),
     }
     if stats.disk_full:
         problems.append("outbox: the disk is full, new events cannot be stored")
-    oldest: float | None = None
-    sinks: list[SinkView] = []
-    for d in deliveries:
-        pending = await ob.call(ob.sync.depth, d.sink.id)
-        head = await ob.call(ob.sync.pending, d.sink.id, 1)
-        if head:
-            born = _event_time(head[0].body)
-            oldest = born if oldest is None or (born is not None and born < oldest) else oldest
-        sinks.append(_sink(d, pending, problems))
-    outbox["oldest_event_age_seconds"] = None if oldest is None else max(0.0, now - oldest)
+    sinks = [_sink(d, stats.sink_depths.get(d.sink.id, 0), problems) for d in deliveries]
     return outbox, sinks
 
 
@@ -133,13 +118,13 @@ _NO_OUTBOX: dict[str, Any] = {
 
 
 async def take_snapshot(agent: Running) -> Snapshot:
-    """What the agent is doing now. Reads the outbox on its worker thread."""
+    """What the agent is doing now, from memory (no disk access)."""
     now_mono, now = agent.clock.monotonic(), agent.clock.wall()
     problems: list[str] = []
     machines = [_machine(runner, now_mono, problems) for runner in agent.machines]
     outbox, sinks = dict(_NO_OUTBOX), list[SinkView]()
     if agent.outbox is not None:
-        outbox, sinks = await _outbox_and_sinks(agent.outbox, agent.deliveries, now, problems)
+        outbox, sinks = _outbox_and_sinks(agent.outbox, agent.deliveries, now, problems)
     alerts = [
         {"alert": a.key, "severity": a.severity.label, "message": a.message, "since": rfc3339(a.since)}
         for a in (agent.alerts.active.values() if agent.alerts else ())
