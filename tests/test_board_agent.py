@@ -240,7 +240,7 @@ sys.exit(main(["run", "--config", sys.argv[1]]))
 
 
 @pytest.mark.parametrize(("listen", "loaded"), [("", set()), ("127.0.0.1:0", {"uvicorn", "starlette", "click"})])
-async def test_the_web_framework_is_loaded_only_with_a_listener_and_sigterm_still_stops_the_agent(
+async def test_the_web_framework_is_loaded_only_with_a_listener_and_the_agent_still_reconnects_and_stops(
     tmp_path: Path, machine: SimulatedMachine, receiver: Receiver, listen: str, loaded: set[str]
 ) -> None:
     cfg = write_config(tmp_path / "agent.toml", tmp_path / "state", machine.port, receiver.url)
@@ -256,12 +256,19 @@ async def test_the_web_framework_is_loaded_only_with_a_listener_and_sigterm_stil
     )
     assert proc.stdout is not None
     lines: list[str] = []
-    want = "andon board on http://127.0.0.1:" if listen else "started"
-    async with asyncio.timeout(20):
-        while not any(want in line for line in lines):
-            raw = await proc.stdout.readline()
-            assert raw, "".join(lines)
-            lines.append(raw.decode())
+
+    async def until_line(text: str) -> None:
+        async with asyncio.timeout(20):
+            while not any(text in line for line in lines):
+                raw = await proc.stdout.readline()  # type: ignore[union-attr]
+                assert raw, "".join(lines)
+                lines.append(raw.decode())
+
+    await until_line("andon board on http://127.0.0.1:" if listen else "started")
+    await machine.stop()  # the machine goes away: the agent backs off (retry sleeps) and reconnects
+    await until_line("reconnecting")
+    await machine.start()
+    await until_line("reading again")
     proc.send_signal(signal.SIGTERM)  # the agent's handler, not uvicorn's
     async with asyncio.timeout(15):
         lines += (await proc.stdout.read()).decode().splitlines()
