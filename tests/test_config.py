@@ -522,6 +522,21 @@ BAD = [
         },
     ),
     Bad(
+        "ntfy url with a port that is no number",
+        "sinks[1].url",
+        "the port is not a number from 1 to 65535",
+        {"extra": '[[sinks]]\nid = "phones"\nkind = "ntfy"\nurl = "https://ntfy.sh:PORT"\ntopic = "a"'},
+    ),
+    Bad(
+        "pagerduty url with credentials",
+        "sinks[1].url",
+        "no user or password in the url: use `routing_key_env` or `routing_key_file`",
+        {
+            "extra": '[[sinks]]\nid = "oncall"\nkind = "pagerduty"\nrouting_key_env = "K"\n'
+            'url = "https://u:p@events.pagerduty.com/v2/enqueue"'
+        },
+    ),
+    Bad(
         "pagerduty without a routing key",
         "sinks[1].routing_key_env",
         "set `routing_key_env` or `routing_key_file`",
@@ -532,6 +547,36 @@ BAD = [
         "sinks[1].routing_key_file",
         "at most one of",
         {"extra": '[[sinks]]\nid = "oncall"\nkind = "pagerduty"\nrouting_key_env = "K"\nrouting_key_file = "/k"'},
+    ),
+    Bad(
+        "sink url with a port that is no number",  # httpx's InvalidURL at the first request killed the agent
+        "sinks[0].url",
+        "the port is not a number from 1 to 65535",
+        replace=(('url = "http://127.0.0.1:8080/alerts"', 'url = "https://host:PORT/alerts"'),),
+    ),
+    Bad(
+        "sink url with a port out of range",
+        "sinks[0].url",
+        "the port is not a number from 1 to 65535",
+        replace=(('url = "http://127.0.0.1:8080/alerts"', 'url = "https://host:99999/alerts"'),),
+    ),
+    Bad(
+        "sink url without a host",
+        "sinks[0].url",
+        "the host is missing",
+        replace=(('url = "http://127.0.0.1:8080/alerts"', 'url = "http:///alerts"'),),
+    ),
+    Bad(
+        "sink url with a space",
+        "sinks[0].url",
+        "no spaces or control characters",
+        replace=(('url = "http://127.0.0.1:8080/alerts"', 'url = "http://127.0.0.1:8080/my alerts"'),),
+    ),
+    Bad(
+        "sink url with credentials",
+        "sinks[0].url",
+        "no user or password in the url: use `token_env` or `token_file`",
+        replace=(('url = "http://127.0.0.1:8080/alerts"', 'url = "https://gw:s3cret@host/alerts"'),),
     ),
     Bad("bad id", "machines[0].id", "should match pattern", replace=(('id = "m1"', 'id = "press 1"'),)),
     Bad("wrong value type", "machines[0].port", "valid integer", {"machine": 'port = "five"'}),
@@ -725,3 +770,34 @@ def test_a_sink_secret_error_names_the_sink_key(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ConfigError) as err:
         sink_secret(3, "routing_key", "TEST_SECRET_UNSET", None)
     assert str(err.value) == "sinks[3].routing_key_env: environment variable TEST_SECRET_UNSET is not set or empty"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/alerts",
+        "https://service.example.com/andon/alerts?source=gw",
+        "https://[::1]:8443/alerts",
+        "https://münchen.example/alerts",
+        "http://host:1/",
+        "https://host:65535",
+    ],
+)
+def test_a_sink_url_the_config_takes_is_one_httpx_takes(url: str) -> None:
+    """What ``check`` accepts must not fail at the first request (httpx parses it again then)."""
+    import httpx
+
+    from agent.sinks.http import HttpSinkConfig
+
+    assert HttpSinkConfig.model_validate({"id": "up", "kind": "http", "url": url}).url == url
+    assert httpx.URL(url).host
+
+
+def test_a_sink_url_with_a_password_is_refused_without_showing_it(tmp_path: Path) -> None:
+    path = tmp_path / "secret.toml"
+    path.write_text(
+        Bad("", "", "", replace=(('url = "http://127.0.0.1:8080/alerts"', 'url = "https://gw:s3cret@h/a"'),)).text()
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "sinks[0].url" in str(info.value) and "s3cret" not in str(info.value)

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
@@ -98,6 +99,29 @@ class SinkPlugin(Generic[C]):
         """The sink's routing (agent.sinks.routing) from its config."""
         machines = frozenset(cfg.machines) if cfg.machines is not None else None
         return Route(cfg.id, Severity.parse(cfg.min_severity), machines, self.alerts_only)
+
+
+def check_http_url(url: str, secrets: str = "`token_env` or `token_file`") -> str:
+    """An ``http(s)://host[:port][/path]`` URL the sink's HTTP client will take, checked when the config
+    is loaded (by :func:`urllib.parse.urlsplit`, a real parser) so that ``check`` refuses what would
+    fail at the first request. ValueError says what is wrong; ``secrets`` names the keys a token goes in.
+    """
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise ValueError(f"{url!r}: no spaces or control characters in the url (write a space as %20)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r}: the port is not a number from 1 to 65535") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r}: the scheme must be http:// or https://")
+    if port == 0:
+        raise ValueError(f"{url!r}: the port is not a number from 1 to 65535")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"no user or password in the url: use {secrets}")
+    if not parts.hostname:
+        raise ValueError(f"{url!r}: the host is missing")
+    return url
 
 
 def sink_secret(index: int, name: str, env: str | None, file: Path | None) -> str | None:

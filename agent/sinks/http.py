@@ -11,12 +11,22 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.config.base import KeyProblem
 from agent.errors import EndpointRefused, Rejected, RetryLater
 from agent.model import StoredEvent
-from agent.sinks.base import Origin, Secrets, SendTimeout, Sink, SinkConfigBase, SinkPlugin, secret_source, sink_secret
+from agent.sinks.base import (
+    Origin,
+    Secrets,
+    SendTimeout,
+    Sink,
+    SinkConfigBase,
+    SinkPlugin,
+    check_http_url,
+    secret_source,
+    sink_secret,
+)
 
 if TYPE_CHECKING:
     import httpx  # imported when a sink is made: loading a config (``check``) does not need it
@@ -41,6 +51,11 @@ class HttpSinkConfig(SinkConfigBase):
     token_env: str | None = None  # bearer token read from this environment variable
     token_file: Path | None = None  # ...or from this file (e.g. a systemd credential)
     ca_file: Path | None = None  # trust this CA (PEM) instead of the system store
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return check_http_url(url)
 
     @model_validator(mode="after")
     def _check(self) -> HttpSinkConfig:

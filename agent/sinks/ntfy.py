@@ -32,7 +32,16 @@ from pydantic import Field, field_validator, model_validator
 from agent.config.base import KeyProblem
 from agent.errors import Rejected, RetryLater
 from agent.model import StoredEvent
-from agent.sinks.base import Origin, Secrets, Sink, SinkConfigBase, SinkPlugin, secret_source, sink_secret
+from agent.sinks.base import (
+    Origin,
+    Secrets,
+    Sink,
+    SinkConfigBase,
+    SinkPlugin,
+    check_http_url,
+    secret_source,
+    sink_secret,
+)
 from agent.sinks.http import parse_retry_after
 from agent.sinks.posting import PER_EVENT_BATCH, error_text, gateway_of, make_client, post_each
 
@@ -64,6 +73,11 @@ class NtfySinkConfig(SinkConfigBase):
     token_file: Path | None = None  # ...or from this file (e.g. a systemd credential)
     click: str | None = None  # opened when the notification is tapped: {alert} {machine} {rule}
     ca_file: Path | None = None  # trust this CA (PEM) instead of the system store
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return check_http_url(url)
 
     @field_validator("click")
     @classmethod

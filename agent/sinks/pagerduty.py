@@ -22,12 +22,21 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.config.base import KeyProblem
 from agent.errors import Rejected, RetryLater
 from agent.model import StoredEvent
-from agent.sinks.base import Origin, Secrets, Sink, SinkConfigBase, SinkPlugin, secret_source, sink_secret
+from agent.sinks.base import (
+    Origin,
+    Secrets,
+    Sink,
+    SinkConfigBase,
+    SinkPlugin,
+    check_http_url,
+    secret_source,
+    sink_secret,
+)
 from agent.sinks.http import parse_retry_after
 from agent.sinks.posting import PER_EVENT_BATCH, error_text, gateway_of, make_client, post_each
 
@@ -50,6 +59,11 @@ class PagerDutySinkConfig(SinkConfigBase):
     routing_key_env: str | None = None  # the integration's routing key from this environment variable
     routing_key_file: Path | None = None  # ...or from this file (e.g. a systemd credential)
     ca_file: Path | None = None  # trust this CA (PEM) instead of the system store
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return check_http_url(url, "`routing_key_env` or `routing_key_file`")
 
     @model_validator(mode="after")
     def _check(self) -> PagerDutySinkConfig:
