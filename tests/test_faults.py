@@ -7,6 +7,7 @@ The writer (``tests/outbox_writer.py agent``) is the agent's real path: AlertLog
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,10 @@ import pytest
 from agent.config import Config
 from agent.demo.receiver import Batch, Receiver, Reply
 from agent.model import StoredEvent, Transition
+from agent.pipeline.outbox import AsyncOutbox
 from agent.pipeline.supervisor import Agent
 from drivers.modbus.sim import SimulatedMachine
-from tests.waiting import Changes, counting_factory
+from tests.waiting import Changes, counting_factory, running_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS_PER_CHAIN = 5
@@ -397,3 +399,107 @@ async def test_the_agent_starts_on_a_garbage_outbox_and_says_so(
     await receiver.wait_for(lambda ev: any(e["subject"] == "m1/fault" for e in ev))
     assert await agent.signal(signal.SIGTERM) == 0
     assert [p.name for p in state.glob("outbox.db.damaged-*")]
+
+
+# -- a full disk and the agent's own alerts (issue 12, defect 7) ----------------------------------
+
+
+@contextlib.contextmanager
+def watching(logger: str, changes: Changes) -> Iterator[Bump]:
+    """Every record of ``logger`` (DEBUG too) bumps ``changes``: a failed commit logs, so it can be awaited."""
+    handler = Bump(changes)
+    target = logging.getLogger(logger)
+    level = target.level
+    target.addHandler(handler)
+    target.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(level)
+
+
+async def test_an_offline_alert_the_full_disk_refused_is_raised_once_there_is_space(
+    make_config: Callable[..., Config], receiver: Receiver
+) -> None:
+    machine = SimulatedMachine()
+    await machine.start()
+    changes = Changes()
+    reads: dict[str, int] = {}
+    cfg = make_config(machine.port, receiver.url, rules=[])
+    agent = Agent(cfg, driver_factory=counting_factory(reads, changes))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        with watching("andon.runtime", changes) as runtime:
+            await changes.until(lambda: agent.started.is_set() and reads.get("m1", 0) > 0)
+            ob = agent.outbox
+            assert ob is not None
+            await ob.call(ob.sync.db.execute, "PRAGMA query_only = ON")  # the disk refuses every write
+            await machine.stop()  # the machine goes away: after offline_after its alert is due
+
+            def refused(times: int) -> Callable[[], bool]:
+                return lambda: (
+                    sum("offline alert is held back" in m or "still failing" in m for m in runtime.messages) >= times
+                )
+
+            await changes.until(refused(3), within=10)  # tried again, not once and then forgotten
+            assert not task.done() and not agent.machines[0].status.offline
+            await ob.call(ob.sync.db.execute, "PRAGMA query_only = OFF")  # space again
+            await receiver.wait_for(lambda got: [e["subject"] for e in got] == ["m1/offline"], within=5)
+            assert receiver.events[0]["type"] == "andon.alert.raised"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+class DiskFullAtStart(Agent):
+    """The agent on a disk that is full from its start: after the outbox is opened and read, no write
+    goes through (SQLite's query_only, as a full disk refuses), until ``space()`` is called."""
+
+    def _make_outbox(self, cfg: Config) -> AsyncOutbox:
+        ob = super()._make_outbox(cfg)
+        opened = ob.sync.open
+
+        def open_full() -> None:
+            opened()
+            ob.sync.db.execute("PRAGMA query_only = ON")
+
+        ob.sync.open = open_full  # type: ignore[method-assign]
+        return ob
+
+    async def space(self) -> None:
+        assert self.outbox is not None
+        await self.outbox.call(self.outbox.sync.db.execute, "PRAGMA query_only = OFF")
+
+
+async def test_a_full_disk_and_an_alert_whose_rule_was_removed_do_not_stop_the_agent(
+    machine: SimulatedMachine, make_config: Callable[..., Config], receiver: Receiver
+) -> None:
+    fault: dict[str, Any] = {"id": "fault", "machine": "m1", "signal": "fault", "kind": "fault"}
+    changes = Changes()
+    first = make_config(machine.port, receiver.url, rules=[fault])
+    async with running_agent(first, changes=changes) as agent:
+        await machine.set("holding", 10, [0b1000])
+        await changes.until(lambda: agent.alerts is not None and "m1/fault" in agent.alerts.active)
+    await machine.set("holding", 10, [0])
+    await receiver.wait_for(lambda got: [e["subject"] for e in got] == ["m1/fault"])
+
+    second = make_config(machine.port, receiver.url, rules=[])  # the rule is gone: its alert must clear
+    full = DiskFullAtStart(second)
+    stop = asyncio.Event()
+    task = asyncio.create_task(full.run(stop))
+    try:
+        with watching("andon.runtime", changes) as runtime:
+            await changes.until(lambda: full.started.is_set() or task.done(), within=10)
+            assert not task.done(), task.exception()  # no crash loop: it runs
+            assert full.alerts is not None and "m1/fault" in full.alerts.active  # not cleared: the disk said no
+            await changes.until(lambda: sum("no longer in the configuration" in m for m in runtime.messages) >= 2)
+            await full.space()
+            await receiver.wait_for(lambda got: len(got) == 2, within=10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    cleared = receiver.events[1]
+    assert (cleared["subject"], cleared["type"]) == ("m1/fault", "andon.alert.cleared")
+    assert cleared["data"]["seq"] == receiver.events[0]["data"]["seq"] + 1

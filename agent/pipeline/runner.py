@@ -324,7 +324,11 @@ class MachineRunner:
     # -- offline ------------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        """Raise ``<machine>/offline`` when no good read came for ``offline_after``."""
+        """Raise ``<machine>/offline`` when no good read came for ``offline_after``.
+
+        A raise the outbox refused (a full disk) is tried again every ``poll_interval``, like a
+        rule's transition, until it is committed or the machine answers again.
+        """
         limit = self.machine.offline_after
         while True:
             remaining = self._last_good_mono + limit - self._clock.monotonic()
@@ -334,7 +338,11 @@ class MachineRunner:
             if not self.status.offline:
                 await self._set_offline(True)
             self._recovered.clear()
-            await self._recovered.wait()
+            if self.status.offline:
+                await self._recovered.wait()
+            else:  # not committed: again after a poll interval, unless a good read comes first
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._recovered.wait(), self.machine.poll_interval)
 
     async def _set_offline(self, offline: bool) -> None:
         async with self._offline_lock:

@@ -30,7 +30,6 @@ from agent.config.load import load_config
 from agent.config.rules import Rule
 from agent.config.schema import Config
 from agent.errors import ConfigError, OutboxError
-from agent.model import Transition, TransitionKind
 from agent.ops.board.history import AlertHistory
 from agent.ops.control import SOCKET, ControlServer
 from agent.ops.notify import Notifier
@@ -43,6 +42,7 @@ from agent.pipeline.sendtest import send_test
 from agent.pipeline.snapshot import take_snapshot
 from agent.pipeline.statelock import StateLock
 from agent.pipeline.surface import BoardFeed, Surface, ack_token
+from agent.pipeline.upkeep import Upkeep
 from agent.rules.flood import FLOOD
 from agent.rules.unreadable import UNREADABLE
 from agent.sinks.base import Origin, Secrets, Sink, SinkConfigBase
@@ -91,6 +91,7 @@ class Agent:
         self._reload = asyncio.Event()
         self.outbox: AsyncOutbox | None = None
         self.alerts: AlertLog | None = None
+        self._upkeep: Upkeep  # made once the outbox is open
         self.history = AlertHistory()  # the board's time lines
         self.surface = Surface(cfg.lights)  # the board, the status endpoints and the stack lights
         self.started = asyncio.Event()
@@ -128,6 +129,7 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 watchdog = await self._start(stack, cfg, secrets, token)
+                upkeep = tg.create_task(self._upkeep.run(), name="upkeep")
                 while not stop.is_set():
                     await _first(stop.wait(), self._reload.wait())
                     if self._reload.is_set() and not stop.is_set():
@@ -142,6 +144,7 @@ class Agent:
                 sinks = list(self._sinks.values())
                 answered = await asyncio.gather(*(self._stop_sink_task(s, in_flight) for s in sinks))
                 watchdog.cancel()
+                upkeep.cancel()
                 for task in self._surface_tasks:
                     task.cancel()
             await asyncio.gather(*(self._last_delivery(s, deadline, ok) for s, ok in zip(sinks, answered, strict=True)))
@@ -158,7 +161,6 @@ class Agent:
             stack.push_async_callback(shared.aclose)
             self._driver_factory = shared
         self.outbox = outbox = await stack.enter_async_context(self._make_outbox(cfg))
-        await outbox.call(outbox.sync.set_sinks, [s.id for s in cfg.sinks])
         self.alerts = AlertLog(
             outbox,
             gateway=cfg.agent.gateway_id,
@@ -168,7 +170,9 @@ class Agent:
         )
         await self.alerts.load()
         self.history.seed(self.alerts.active.values())
-        await self._clear_orphans(self.alerts)
+        self._upkeep = Upkeep(outbox, self.alerts, wall=self.clock.wall, on_done=self._wake_deliveries)
+        self._upkeep.want([s.id for s in cfg.sinks], _known_alerts(cfg))
+        await self._upkeep.apply()  # refused (a full disk): said once, tried again in the background
         alerts = self.alerts
         self.surface.follow(lambda: list(alerts.active.values()))
 
@@ -344,8 +348,8 @@ class Agent:
         new_secrets = {s.id: secret for s, secret in zip(new.sinks, secrets, strict=True)}
         await self._stop_changed(old, new, new_secrets)
         self.cfg = new
-        assert self.alerts is not None
-        await self._clear_orphans(self.alerts)
+        self._upkeep.want([s.id for s in new.sinks], _known_alerts(new))
+        await self._upkeep.apply()
         for sink_cfg in new.sinks:
             if sink_cfg.id not in self._sinks:
                 await self._start_sink(sink_cfg, new_secrets[sink_cfg.id])
@@ -374,7 +378,6 @@ class Agent:
                 await running.stack.aclose()
                 del self._sinks[sink_id]
         assert self.outbox is not None
-        await self.outbox.call(self.outbox.sync.set_sinks, list(new_sinks))
 
         def rules_of(cfg: Config, machine_id: str) -> list[Rule]:
             return [r for r in cfg.rules if r.machine == machine_id]
@@ -384,31 +387,6 @@ class Agent:
             kept = new_machines.get(machine_id)
             if kept != runner.machine or rules_of(new, machine_id) != rules_of(old, machine_id):
                 await self._stop_machine(machine_id)
-
-    async def _clear_orphans(self, alerts: AlertLog) -> None:
-        """Clear active alerts whose machine or rule is no longer in the config."""
-        known = {f"{r.machine}/{r.id}" for r in self.cfg.rules}
-        own = (OFFLINE, FLOOD, UNREADABLE)  # the runner clears a flood, and an unreadable alert no rule needs
-        known |= {f"{m.id}/{rule}" for m in self.cfg.machines for rule in own}
-        orphans = [a for key, a in alerts.active.items() if key not in known]
-        if not orphans:
-            return
-        await alerts.commit(
-            [
-                Transition(
-                    machine=a.key.split("/")[0],
-                    rule=a.key.split("/", 1)[1],
-                    signal=None,
-                    kind=TransitionKind.CLEARED,
-                    severity=a.severity,
-                    value=None,
-                    threshold=a.threshold,
-                    message=f"{a.key} cleared: its rule or machine is no longer in the configuration",
-                    time=self.clock.wall(),
-                )
-                for a in orphans
-            ]
-        )
 
 
 def make_delivery(
@@ -437,6 +415,14 @@ class _RunningSink:
     delivery: Delivery
     stack: contextlib.AsyncExitStack  # leaving it closes the sink
     task: asyncio.Task[None]
+
+
+def _known_alerts(cfg: Config) -> set[str]:
+    """The ``<machine>/<rule>`` keys the config knows: its rules', and each machine's own alerts
+    (the runner clears a flood, and an unreadable alert no rule needs any more)."""
+    known = {f"{r.machine}/{r.id}" for r in cfg.rules}
+    known |= {f"{m.id}/{own}" for m in cfg.machines for own in (OFFLINE, FLOOD, UNREADABLE)}
+    return known
 
 
 def _secrets(cfg: Config) -> list[Secrets]:
