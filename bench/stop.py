@@ -21,10 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from agent.demo.receiver import Batch, Receiver, Reply  # noqa: E402
-from drivers.modbus.sim import SimulatedMachine  # noqa: E402
+from agent.demo.receiver import Batch, Receiver, Reply
+from drivers.modbus.sim import SimulatedMachine
 
 BUDGET = 10.0  # Docker's default stop timeout; systemd's TimeoutStopSec is 20 s
 
