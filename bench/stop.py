@@ -24,6 +24,7 @@ from pathlib import Path
 from agent.demo.receiver import Batch, Receiver, Reply
 from drivers.modbus.sim import SimulatedMachine
 
+ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 10.0  # Docker's default stop timeout; systemd's TimeoutStopSec is 20 s
 
 
@@ -94,7 +95,7 @@ async def one_run(root: Path, python: str, sinks: int) -> float:
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
+    p.add_argument("--root", type=Path, default=ROOT)
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--sinks", type=int, default=3)
     p.add_argument("--runs", type=int, default=1)
