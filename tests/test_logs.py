@@ -4,14 +4,12 @@ reminded now and then, with durations on the monotonic clock."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,24 +22,10 @@ from agent.ops.logs import Trouble, setup_logging, syslog_priority, utc_time
 from agent.pipeline.delivery import Delivery
 from agent.pipeline.outbox import AsyncOutbox, Outbox
 from agent.sinks.http import HttpSink, HttpSinkConfig, make_client
+from tests.logkeeping import kept_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 UTC_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-@contextlib.contextmanager
-def own_logging() -> Iterator[None]:
-    """Let a test set the root logger up; restore it after (inside the test: pytest's own capture
-    handlers change between the setup, call and teardown phases)."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        for handler in root.handlers:
-            if handler not in saved[0]:
-                handler.close()
-        root.handlers[:], root.level = saved[0], saved[1]
 
 
 def journal_of(path: Path) -> dict[str, str]:
@@ -50,7 +34,7 @@ def journal_of(path: Path) -> dict[str, str]:
 
 
 def test_json_log_time_is_utc_with_milliseconds(capsys: pytest.CaptureFixture[str]) -> None:
-    with own_logging():
+    with kept_logging():
         setup_logging("info", json_format=True)
         logging.getLogger("andon.test").warning("machine %s is %s", "m1", "offline")
     record = json.loads(capsys.readouterr().out)
@@ -78,7 +62,7 @@ def test_syslog_priority(level: int, priority: int) -> None:
 @pytest.mark.parametrize("json_format", [False, True])
 def test_lines_carry_the_syslog_priority_when_stdout_is_the_journal(tmp_path: Path, json_format: bool) -> None:
     path = tmp_path / "journal"
-    with own_logging(), path.open("w") as stream:
+    with kept_logging(), path.open("w") as stream:
         setup_logging("debug", json_format, stream=stream, env=journal_of(path))
         log = logging.getLogger("andon.test")
         log.error("sink up: cannot deliver")
@@ -99,7 +83,7 @@ def test_lines_carry_the_syslog_priority_when_stdout_is_the_journal(tmp_path: Pa
 def test_no_prefix_when_stdout_is_not_the_journal(tmp_path: Path) -> None:
     path, elsewhere = tmp_path / "pipe", tmp_path / "journal"
     elsewhere.touch()
-    with own_logging(), path.open("w") as stream:  # JOURNAL_STREAM inherited, but this stream is another file
+    with kept_logging(), path.open("w") as stream:  # JOURNAL_STREAM inherited, but this stream is another file
         setup_logging("info", stream=stream, env=journal_of(elsewhere))
         logging.getLogger("andon.test").error("not for the journal")
     [line] = path.read_text().splitlines()

@@ -49,6 +49,9 @@ async def test_status_endpoints_during_a_run_and_an_offline_machine(
         base = f"http://127.0.0.1:{agent.status_port}"
         await machine.set("holding", 0, [900])
         await receiver.wait_for(lambda ev: any(e["subject"] == "m1/wear" for e in ev))
+        async with asyncio.timeout(5):  # settled once the agent has the answer: nothing to await
+            while agent.outbox is not None and agent.outbox.sync.stats().events:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
 
         health = await http.get(f"{base}/healthz")
         assert (health.status_code, health.text) == (200, "ok\n")

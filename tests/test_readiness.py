@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
+from tests.logkeeping import kept_logging
 
 NOBODY = 65534
 AS_ROOT = os.geteuid() == 0
@@ -62,7 +63,7 @@ def check(config: Path, *, unprivileged: bool = True, groups: list[int] | None =
     a forked child that became ``nobody`` (with ``groups``), as systemd would start the agent as its
     user. (Forked, not exec'd: the interpreter may live where ``nobody`` cannot go.)"""
     argv = ["check", "--config", str(config)]
-    with contextlib.redirect_stdout(io.StringIO()):
+    with kept_logging(), contextlib.redirect_stdout(io.StringIO()):
         main(argv)  # every module the command needs is imported now, while we may still read them
     read, write = os.pipe()
     pid = os.fork()
@@ -97,13 +98,15 @@ def test_a_token_variable_not_set_here_is_a_warning(
 ) -> None:
     config = write_config(shared_dir, sink='token_env = "ANDON_TEST_TOKEN"')
     monkeypatch.delenv("ANDON_TEST_TOKEN", raising=False)
-    assert main(["check", "--config", str(config)]) == 0
+    with kept_logging():
+        assert main(["check", "--config", str(config)]) == 0
     out = capsys.readouterr().out.splitlines()
     [line] = [line for line in out if "ANDON_TEST_TOKEN" in line and line.startswith("warning")]
     assert line.startswith("warning: sinks[0].token_env: environment variable ANDON_TEST_TOKEN is not set")
     assert "the service must provide it" in line and out[-1] == "config OK"
     monkeypatch.setenv("ANDON_TEST_TOKEN", "s3cr3t")
-    assert main(["check", "--config", str(config)]) == 0
+    with kept_logging():
+        assert main(["check", "--config", str(config)]) == 0
     text = capsys.readouterr().out
     assert "ANDON_TEST_TOKEN" not in text.replace("token from $ANDON_TEST_TOKEN", "") and "s3cr3t" not in text
 

@@ -20,6 +20,7 @@ from agent.cli.status import render, status_url
 from agent.config import load_config
 from agent.demo.receiver import Receiver, Reply
 from drivers.modbus.sim import SimulatedMachine
+from tests.logkeeping import kept_logging
 from tests.waiting import Changes, of, running_agent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,5 +266,6 @@ def test_status_without_a_listener_says_so(tmp_path: Path, capsys: pytest.Captur
     from agent.cli import main
 
     config = write_config(tmp_path / "agent.toml", 5020, {})
-    assert main(["status", "--config", str(config)]) == 1
+    with kept_logging():
+        assert main(["status", "--config", str(config)]) == 1
     assert "status endpoints are off" in capsys.readouterr().out
