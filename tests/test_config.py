@@ -189,8 +189,9 @@ def test_demo_loads() -> None:
     assert press.poll_interval == pytest.approx(0.25)
     strokes = next(s for s in press.signals if s.id == "strokes")
     assert (strokes.type, strokes.byte_order) == ("uint32", "CDAB")
-    assert [r.id for r in cfg.rules] == ["tool1-wear", "spindle-fault"]
-    assert cfg.rules[1].severity == "critical"
+    assert [r.id for r in cfg.rules] == ["tool1-wear", "tool1-due", "spindle-fault"]
+    assert cfg.rules[2].severity == "critical"
+    assert cfg.status.listen == "127.0.0.1:9108" and cfg.status.ack_token_env == "ANDON_DEMO_ACK_TOKEN"
     assert isinstance(cfg.sinks[0], HttpSinkConfig)
     assert cfg.sinks[0].url == "http://127.0.0.1:8080/alerts"
 

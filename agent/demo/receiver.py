@@ -68,6 +68,11 @@ class Receiver:
         return self._http.port
 
     @property
+    def running(self) -> bool:
+        """Listening (``stop`` and ``start`` again on the same port: an upstream that goes away and comes back)."""
+        return self._http.running
+
+    @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}{self.path}"
 

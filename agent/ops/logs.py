@@ -182,3 +182,5 @@ def setup_logging(
     # The protocol libraries log every failed request at ERROR; the agent reports failures itself.
     for noisy in ("pymodbus", "asyncua", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL if level.lower() != "debug" else logging.DEBUG)
+    # The board's web server says when it starts and stops (the agent says so itself); its errors stay.
+    logging.getLogger("uvicorn").setLevel(logging.WARNING if level.lower() != "debug" else logging.DEBUG)
