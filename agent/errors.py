@@ -7,6 +7,7 @@ catch these::
 
     AndonError
     ├── ConfigError            the config file is invalid (exit status 2); fatal
+    │   └── NotInstalled       it needs a part this installation lacks (the OPC UA stack); exit status 2
     ├── DriverError            talking to a machine failed
     │   └── ConnectionLost     no connection, or it broke; retryable (reconnect with backoff)
     │       └── NoAnswer       (drivers/modbus/bus.py) one unit on a shared bus did not answer;
@@ -39,6 +40,11 @@ class AndonError(Exception):
 
 class ConfigError(AndonError):
     """The configuration is invalid. ``str()`` is one line naming the file, key path and problem."""
+
+
+class NotInstalled(ConfigError):
+    """The config needs an optional part that is not installed here, e.g. the OPC UA stack for an OPC UA
+    machine. ``str()`` is one line naming the key, the machine and exactly what to install."""
 
 
 class DriverError(AndonError):

@@ -80,6 +80,11 @@ def no_devices(machine: MachineBase) -> list[tuple[str, str]]:
     return []
 
 
+def nothing_missing(machine: MachineBase) -> str | None:
+    """For a protocol that needs no optional software (its library is always installed)."""
+    return None
+
+
 @dataclass(frozen=True)
 class Probe(Generic[M]):
     """``andon-agent check --connect`` for one protocol.
@@ -109,6 +114,9 @@ class ProtocolPlugin(Generic[M]):
     * ``probe``: ``check --connect``, if the protocol has one.
     * ``devices(machine)``: the local devices the machine's driver opens, as (key, path) pairs
       (a serial port: ``("serial", "/dev/ttyUSB0")``), so ``check`` can say whether this user may.
+    * ``missing(machine)``: None when the software the machine's driver needs is installed (it may
+      import it to find out); otherwise one line naming the machine, what failed to import and
+      exactly what to install (the OPC UA stack is an optional extra).
     """
 
     name: str
@@ -119,3 +127,4 @@ class ProtocolPlugin(Generic[M]):
     cross_check: CrossCheck[M] = no_cross_check
     probe: Probe[M] | None = None
     devices: Callable[[M], list[tuple[str, str]]] = no_devices
+    missing: Callable[[M], str | None] = nothing_missing

@@ -7,9 +7,11 @@ Nothing else central changes: the config schema, ``check`` and the runtime all r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from agent.config.base import MachineBase
+from agent.errors import NotInstalled
 from drivers.base import Driver, MachineDrivers, ProtocolPlugin
 from drivers.modbus.plugin import PLUGIN as MODBUS
 from drivers.opcua.plugin import PLUGIN as OPCUA
@@ -20,6 +22,20 @@ PROTOCOLS: tuple[ProtocolPlugin[Any], ...] = (MODBUS, OPCUA)
 def plugin_for(protocol: str) -> ProtocolPlugin[Any]:
     """The plugin of a configured machine's ``protocol`` (the config only holds registered ones)."""
     return next(p for p in PROTOCOLS if p.name == protocol)
+
+
+def not_installed(machines: Sequence[MachineBase]) -> list[tuple[str, str]]:
+    """(key path, problem) for each machine whose protocol needs software that is not installed here
+    (the OPC UA stack is an optional extra); loads the protocol stacks that are."""
+    found = ((f"machines[{i}].protocol", plugin_for(m.protocol).missing(m)) for i, m in enumerate(machines))
+    return [(key, problem) for key, problem in found if problem is not None]
+
+
+def require_installed(machines: Sequence[MachineBase]) -> None:
+    """Raise :class:`~agent.errors.NotInstalled` for the first machine whose protocol's software is not
+    installed here. ``run`` calls it before anything starts, and on a reload before anything changes."""
+    for key, problem in not_installed(machines):
+        raise NotInstalled(f"{key}: {problem}")
 
 
 class Drivers:

@@ -7,7 +7,8 @@ ports), one line each.
 
 Exit status: 0 valid (warnings allowed); 1 valid, but this user may not open a device a machine
 needs (or ``--connect`` could not read every signal); 2 invalid, or a file ``run`` must read at
-start cannot be read (``run`` would refuse to start).
+start cannot be read, or a machine's protocol needs software that is not installed (``run`` would
+refuse to start).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def report_readiness(cfg: Config) -> int:
     if needs_root_note(cfg):
         print(NOTE_ROOT)
     if any(f.blocks_start for f in findings):
-        print("config valid, but `run` would not start: it cannot read the file(s) named above")
+        print("config valid, but `run` would not start: it cannot read the file(s), or lacks the software, named above")
         return EXIT_CONFIG
     if any(f.level == "error" for f in findings):
         print("config valid, but a machine cannot be reached from this host as this user (see above)")

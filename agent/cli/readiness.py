@@ -2,7 +2,8 @@
 
 A config can be valid and still not run on the gateway: the token's environment variable is set in
 the unit but not in the installer's shell, a token file the agent's user cannot read, a serial
-adapter that is unplugged or that the user may not open. :func:`readiness` finds each of these, one
+adapter that is unplugged or that the user may not open, an OPC UA machine on a Modbus-only
+installation. :func:`readiness` finds each of these, one
 line each, naming the key:
 
 * a ``*_env`` variable (anywhere in the config) not set here: a **warning** (the service's unit
@@ -14,6 +15,8 @@ line each, naming the key:
   plugged in later; the agent keeps trying to open it); one that is not a character device, or that
   this user may not read and write: an **error** naming the device's group (``dialout``): that does
   not mend itself.
+* a machine whose protocol needs software that is not installed (the OPC UA stack, an optional
+  extra): an **error**, as ``run`` refuses to start on it, naming the machine and what to install.
 
 Root may read anything, so as root the files and devices are checked as root (a note says how to
 check as the agent's user).
@@ -33,7 +36,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from agent.config import Config
-from drivers.registry import plugin_for
+from drivers.registry import not_installed, plugin_for
 
 CREDENTIALS = "/run/credentials/"  # systemd's LoadCredential= files live here, inside the service only
 NOTE_ROOT = (
@@ -165,6 +168,7 @@ def readiness(cfg: Config, env: Mapping[str, str] = os.environ) -> list[Finding]
     for i, m in enumerate(cfg.machines):
         for name, path in plugin_for(m.protocol).devices(m):
             found.append(check_device(f"machines[{i}].{name}", path))
+    found += [Finding("error", key, problem, blocks_start=True) for key, problem in not_installed(cfg.machines)]
     return [f for f in found if f is not None]
 
 

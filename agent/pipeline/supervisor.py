@@ -48,7 +48,7 @@ from agent.rules.unreadable import UNREADABLE
 from agent.sinks.base import Origin, Secrets, Sink, SinkConfigBase
 from agent.sinks.registry import sink_plugin
 from drivers.base import Driver
-from drivers.registry import Drivers
+from drivers.registry import Drivers, require_installed
 
 log = logging.getLogger("andon.runtime")
 
@@ -123,6 +123,7 @@ class Agent:
         cfg = self.cfg
         secrets = _secrets(cfg)  # ConfigError before anything starts
         token = ack_token(cfg.status)
+        require_installed(cfg.machines)  # NotInstalled (a ConfigError) too: e.g. no OPC UA stack here
         cfg.agent.state_dir.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
             await self._open(stack, cfg)
@@ -335,6 +336,7 @@ class Agent:
         try:
             new = load_config(self._config_path)
             secrets = _secrets(new)
+            require_installed(new.machines)
         except ConfigError as exc:
             log.error("reload refused, the running config stays: %s", exc)
             return

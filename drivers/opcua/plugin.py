@@ -1,6 +1,7 @@
 """The OPC UA protocol as the agent sees it: its model, its drivers, its ``check`` lines and probe.
 
-asyncua is imported only when a driver or the probe is made, never by importing this module.
+asyncua is imported only when a driver or the probe is made, or ``missing`` is asked (``check``, the
+start of ``run``, a reload), never by importing this module.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 
 from agent.config.base import MachineBase
 from drivers.base import Driver, Probe, ProtocolPlugin
+from drivers.opcua import missing_stack
 from drivers.opcua.config import OpcuaMachine
 
 
@@ -51,6 +53,11 @@ def describe(m: OpcuaMachine, machines: Sequence[MachineBase]) -> list[str]:
     ]
 
 
+def missing(m: OpcuaMachine) -> str | None:
+    """What ``check`` and ``run`` say when the OPC UA stack (an optional extra) is not installed."""
+    return missing_stack(m.id)  # imports asyncua when it is there
+
+
 async def probe(machines: Sequence[OpcuaMachine]) -> tuple[list[str], bool]:
     """Connect to each machine, all at once, resolve every node and show its type and value."""
     from drivers.opcua.probe import probe_all  # asyncua
@@ -65,4 +72,5 @@ PLUGIN = ProtocolPlugin(
     drivers=OpcuaDrivers,
     describe=describe,
     probe=Probe(run=probe, all_read="every OPC UA node resolves", not_all_read="not every OPC UA node can be read"),
+    missing=missing,
 )
