@@ -6,10 +6,33 @@
 #     -v andon-state:/var/lib/andon-agent -e ANDON_TOKEN=... \
 #     --device /dev/ttyUSB0 --group-add dialout andon-agent
 #
-# Multi-arch (Raspberry Pi and x86 gateways), with buildx:
-#   docker buildx build --platform linux/amd64,linux/arm64 -t registry.example.com/andon-agent:0.1.0 --push .
+# Multi-arch (x86 gateways, 64-bit and 32-bit Raspberry Pi OS), with buildx (BuildKit) and QEMU binfmt handlers:
+#   docker buildx build --platform linux/amd64,linux/arm64,linux/arm/v7 -t registry.example.com/andon-agent:0.1.0 --push .
+# With OPC UA by default; --build-arg EXTRAS= builds a Modbus-only image.
 # The config's state_dir must be /var/lib/andon-agent (the volume); [status] listen stays on 127.0.0.1
 # unless you publish it (the HEALTHCHECK runs inside the container).
+
+# Stage 1: wheels of the agent and of everything it needs. PyPI has them for all three platforms except
+# one: cffi (under OPC UA's cryptography) has no wheel for linux/arm/v7. Only when a wheel is missing is a
+# C compiler installed to build it; it stays in this stage and never reaches the image.
+FROM python:3.11-slim AS wheels
+ARG EXTRAS=opcua
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY agent ./agent
+COPY drivers ./drivers
+# agent/demo/data/demo.toml (the demo's config, in the package) is a link to config/demo.toml
+COPY config ./config
+# hadolint ignore=DL3008
+RUN if ! pip wheel --no-cache-dir --only-binary=:all: --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends gcc libc6-dev libffi-dev \
+      && rm -rf /var/lib/apt/lists/* \
+      && pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"; \
+    fi \
+ && sha256sum /wheels/*.whl > /wheels/SHA256SUMS
+
+# Stage 2: the image: those wheels installed (bind-mounted, so they take no layer), nothing built here.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,13 +42,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ANDON_CONFIG=/etc/andon-agent/agent.toml \
     ANDON_STATUS_URL=http://127.0.0.1:9108/healthz
 
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY agent ./agent
-COPY drivers ./drivers
-COPY config ./config
-RUN pip install --no-cache-dir . \
- && rm -rf /src \
+# The wheels' checksums come first, so that new wheels run the next step again in every builder (not
+# all of them count a bind mount's content in the cache key); the image keeps them as a record.
+COPY --from=wheels /wheels/SHA256SUMS /usr/local/share/andon-agent/wheels.sha256
+RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
+    sha256sum --quiet -c /usr/local/share/andon-agent/wheels.sha256 \
+ && pip install --no-cache-dir --no-index /wheels/*.whl \
  && groupadd --system --gid 10001 andon \
  && useradd --system --uid 10001 --gid andon --groups dialout --home-dir /var/lib/andon-agent \
       --no-create-home --shell /usr/sbin/nologin andon \
