@@ -160,5 +160,5 @@ async def test_a_reload_that_adds_an_opcua_machine_is_refused(tmp_path: Path, mo
     refused = next(line for line in agent.lines if "reload refused" in line)
     expected = "reload refused, the running config stays: " + PROBLEM.format(missing="asyncua")
     assert refused.rstrip("\n").endswith(expected), refused
-    assert await agent.signal(signal.SIGTERM) == 0
+    assert await agent.signal(signal.SIGTERM) == 0, "".join(agent.lines)
     assert "Traceback" not in "".join(agent.lines)
