@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar, runtime_checkable
 
 from agent.config.base import MachineBase
-from agent.model import Sample
+from agent.model import ConditionEvent, Sample
 
 M = TypeVar("M", bound=MachineBase)
 M_contra = TypeVar("M_contra", bound=MachineBase, contravariant=True)
@@ -52,6 +52,20 @@ class PushDriver(Driver, Protocol):
     """
 
     def updates(self) -> AsyncIterator[list[Sample]]: ...
+
+
+@runtime_checkable
+class AlarmDriver(Driver, Protocol):
+    """A driver that also reports the machine's own alarms (OPC UA Alarms & Conditions).
+
+    ``conditions(notifiers)`` subscribes, inside ``async with`` and alongside ``read``/``updates``,
+    to the events of the given event notifiers (node ids), asks for the current conditions (their
+    events come between ``refresh_start`` and ``refresh_end`` markers) and yields lists of
+    :class:`~agent.model.ConditionEvent` as they arrive; it raises
+    :class:`~agent.errors.ConnectionLost` when the session is gone.
+    """
+
+    def conditions(self, notifiers: Sequence[str]) -> AsyncIterator[list[ConditionEvent]]: ...
 
 
 class MachineDrivers(Protocol[M_contra]):

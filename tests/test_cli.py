@@ -91,7 +91,8 @@ def test_check_example_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> No
     assert "rule tool1-wear: threshold on press-1/tool1_wear, warning 80 critical 95 deadband 1" in lines
     assert "rule spindle-fault: fault on press-1/spindle_fault, severity critical" in lines
     assert "rule tool3-life: tool_life on press-1/strokes, counting up to 50000, warning 5000 before" in lines
-    assert sum(line.startswith("rule ") for line in lines) == 11
+    assert "rule alarms: alarms of mill-2 (every condition its own alert), events of the Server object" in lines
+    assert sum(line.startswith("rule ") for line in lines) == 12
     assert "sink upstream: http POST https://service.example.com/andon/alerts, token from $ANDON_TOKEN" in lines
     upstream = lines.index("sink upstream: http POST https://service.example.com/andon/alerts, token from $ANDON_TOKEN")
     assert lines[upstream + 1] == "  routing: min_severity info; machines: all; takes every event type"

@@ -14,6 +14,7 @@ from agent.config import (
     KIND_TEMPLATE_FIELDS,
     TEMPLATE_FIELDS,
     AgentSection,
+    AlarmsRule,
     AlertsSection,
     CodeEntry,
     CodeRule,
@@ -103,7 +104,10 @@ def test_example_loads() -> None:
     assert isinstance(fault_rule, FaultRule)
     assert (fault_rule.severity, fault_rule.repeat_every) == ("critical", 900.0)
     assert isinstance(rules["mill-alarm"], FaultRule) and rules["mill-alarm"].severity == "critical"
-    assert {r.kind for r in cfg.rules} == {"threshold", "fault", "code", "tool_life", "forecast", "stale"}
+    assert {r.kind for r in cfg.rules} == {"threshold", "fault", "code", "tool_life", "forecast", "stale", "alarms"}
+    alarms = rules["alarms"]
+    assert isinstance(alarms, AlarmsRule)
+    assert (alarms.machine, alarms.source, alarms.min_severity) == ("mill-2", "i=2253", 1)
     code = rules["mill-fault-code"]
     assert isinstance(code, CodeRule)
     assert (code.normal, code.severity, code.chatter_count, code.chatter_window) == ([0], "warning", 3, 60.0)
@@ -190,7 +194,7 @@ def test_demo_loads() -> None:
     strokes = next(s for s in press.signals if s.id == "strokes")
     assert (strokes.type, strokes.byte_order) == ("uint32", "CDAB")
     assert [r.id for r in cfg.rules] == ["tool1-wear", "tool1-due", "spindle-fault"]
-    assert cfg.rules[2].severity == "critical"
+    assert isinstance(cfg.rules[2], FaultRule) and cfg.rules[2].severity == "critical"
     assert cfg.status.listen == "127.0.0.1:9108" and cfg.status.ack_token_env == "ANDON_DEMO_ACK_TOKEN"
     assert isinstance(cfg.sinks[0], HttpSinkConfig)
     assert cfg.sinks[0].url == "http://127.0.0.1:8080/alerts"
@@ -227,6 +231,7 @@ def test_defaults_are_the_documented_ones() -> None:
         "",
     )
     fault, threshold = cfg.rules
+    assert isinstance(fault, FaultRule) and isinstance(threshold, ThresholdRule)
     assert (fault.severity, threshold.severity) == ("critical", "warning")
     assert (fault.on_delay, fault.off_delay, fault.repeat_every, fault.message) == (0.0, 0.0, None, None)
     assert (fault.name, fault.chatter_count, fault.chatter_window) == (None, 3, 60.0)
@@ -668,7 +673,7 @@ def test_templates_with_known_fields_load(template: str) -> None:
             "rules": [{"id": "r", "machine": "m", "signal": "s", "kind": "fault", "message": template}],
         }
     )
-    assert cfg.rules[0].message == template
+    assert isinstance(cfg.rules[0], FaultRule) and cfg.rules[0].message == template
 
 
 def test_template_fields_cover_what_rules_fill_in() -> None:

@@ -10,18 +10,21 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asyncua import ua
 
-from agent.config import parse_config
+from agent.config import Config, parse_config
+from agent.demo.receiver import Receiver
 from agent.errors import DriverError
 from agent.model import ConditionEvent
 from drivers.opcua import OpcuaDriver
 from drivers.opcua.config import OpcuaMachine
 from drivers.opcua.sim import SimCondition
 from tests.opcua_fixtures import NS_URI, OpcuaSim
+from tests.waiting import running_agent
 
 _serial = itertools.count(1)
 
@@ -168,3 +171,147 @@ async def test_a_source_the_server_does_not_have_is_a_driver_error(opcua: OpcuaS
     async with streaming(opcua, "none", ["nsu=urn:nobody;s=X"]) as stream:
         with pytest.raises(DriverError, match="the server has no such namespace"):
             await stream.wait_for(1)
+
+
+# -- the whole agent: an alarms rule, a real receiver -------------------------------------------------
+
+
+def alarms_config(sim: OpcuaSim, tmp_path: Path, url: str, **rule: Any) -> Config:
+    return parse_config(
+        {
+            "agent": {"gateway_id": "gw-test", "site": "lab", "state_dir": str(tmp_path / "state")},
+            "machines": [
+                {
+                    "id": "mill",
+                    "protocol": "opcua",
+                    "endpoint": sim.endpoint,
+                    "poll_interval": "50ms",
+                    "offline_after": "1s",
+                    "timeout": "1s",
+                    "reconnect_max": "300ms",
+                    "signals": [{"id": "wear", "node": sim.node_id("Agent.Wear")}],
+                }
+            ],
+            "rules": [{"id": "alarms", "machine": "mill", "kind": "alarms", **rule}],
+            "sinks": [{"id": "up", "kind": "http", "url": url, "timeout": "2s", "retry_max": "300ms"}],
+            "status": {"listen": None},
+        }
+    )
+
+
+def alerts_of(events: list[dict[str, Any]], source: str) -> list[tuple[str, str]]:
+    """(type, subject) of the alarm events of one source, in order."""
+    prefix = f"mill/alarms/{source}."
+    return [(e["type"].rsplit(".", 1)[1], e["subject"]) for e in events if e["subject"].startswith(prefix)]
+
+
+async def test_agent_forwards_each_alarm_as_its_own_alert(opcua: OpcuaSim, tmp_path: Path, receiver: Receiver) -> None:
+    source, (overheat, lube) = await make_source(opcua, "Overheat", "Lube low")
+    key, lube_key = f"mill/alarms/{source}.Overheat", f"mill/alarms/{source}.Lube_low"
+    try:
+        async with running_agent(alarms_config(opcua, tmp_path, receiver.url)):
+            await overheat.activate(800, "Spindle too hot")
+            await receiver.wait_for(lambda ev: len(alerts_of(ev, source)) == 1)
+            await lube.activate(400, "Lube level low")
+            await overheat.change(severity=900, message="Spindle much too hot")
+            await overheat.acknowledge()  # an event, but nothing changed for the alert
+            await overheat.clear(message="Spindle temperature normal")
+            await receiver.wait_for(lambda ev: len(alerts_of(ev, source)) == 4)
+    finally:
+        await lube.clear()
+    assert alerts_of(receiver.events, source) == [
+        ("raised", key),
+        ("raised", lube_key),
+        ("updated", key),
+        ("cleared", key),
+    ]
+    raised = next(e for e in receiver.events if e["subject"] == key)
+    data = raised["data"]
+    assert (data["alert"], data["machine"], data["rule"], data["signal"]) == (key, "mill", "alarms", None)
+    assert (data["severity"], data["value"], data["message"]) == ("critical", 800, "Spindle too hot")
+    assert (data["condition"], data["source"], data["threshold"]) == ("Overheat", source, None)
+    assert data["condition_id"] == f"nsu={NS_URI};s={source}.Overheat"
+    updated, cleared = [e["data"] for e in receiver.events if e["subject"] == key][1:]
+    assert (updated["value"], updated["message"]) == (900, "Spindle much too hot")
+    assert (cleared["message"], cleared["severity"]) == ("Spindle temperature normal", "critical")
+    assert next(e for e in receiver.events if e["subject"] == lube_key)["data"]["severity"] == "warning"
+
+
+async def test_min_severity_filters_the_noise(opcua: OpcuaSim, tmp_path: Path, receiver: Receiver) -> None:
+    source, (note, fault) = await make_source(opcua, "Note", "Fault")
+    try:
+        async with running_agent(alarms_config(opcua, tmp_path, receiver.url, min_severity=300)):
+            await note.activate(100, "Filter due soon")
+            await fault.activate(700, "Drive fault")
+            await receiver.wait_for(lambda ev: len(alerts_of(ev, source)) == 1)
+    finally:
+        await note.clear()
+        await fault.clear()
+    assert alerts_of(receiver.events, source) == [("raised", f"mill/alarms/{source}.Fault")]
+
+
+async def test_restart_reconciles_with_the_refresh(opcua: OpcuaSim, tmp_path: Path, receiver: Receiver) -> None:
+    """Stopped with A and C active; meanwhile A ends and B starts. After the restart the refresh
+    brings B (raised) and C (already active: nothing), and A, not reported, is cleared."""
+    source, (a, b, c) = await make_source(opcua, "A", "B", "C")
+    cfg = alarms_config(opcua, tmp_path, receiver.url)
+    try:
+        await a.activate(500, "a")
+        await c.activate(900, "c")
+        async with running_agent(cfg):  # the first refresh brings A and C
+            await receiver.wait_for(lambda ev: len(alerts_of(ev, source)) == 2)
+        await a.clear()
+        await b.activate(200, "b")
+        async with running_agent(cfg):
+            await receiver.wait_for(lambda ev: len(alerts_of(ev, source)) == 4)
+            await c.change(message="c again")  # the restored alert adopted C: a change is an update
+            await receiver.wait_for(lambda ev: len(alerts_of(ev, source)) == 5)
+    finally:
+        for cond in (a, b, c):
+            await cond.clear()
+    key = f"mill/alarms/{source}."
+    events = alerts_of(receiver.events, source)
+    assert sorted(events[:2]) == [("raised", key + "A"), ("raised", key + "C")]
+    assert sorted(events[2:4]) == [("cleared", key + "A"), ("raised", key + "B")]
+    assert events[4] == ("updated", key + "C")
+    cleared_a = next(e for e in receiver.events if e["subject"] == key + "A" and e["type"].endswith("cleared"))
+    assert "no longer active" in cleared_a["data"]["message"]
+
+
+async def test_reconnect_refreshes_and_clears_what_ended_during_the_outage(
+    opcua: OpcuaSim, tmp_path: Path, receiver: Receiver
+) -> None:
+    source, (door,) = await make_source(opcua, "Door")
+    key = f"mill/alarms/{source}.Door"
+    try:
+        async with running_agent(alarms_config(opcua, tmp_path, receiver.url)):
+            await door.activate(600, "Door open")
+            await receiver.wait_for(lambda ev: len(alerts_of(ev, source)) == 1)
+            await opcua.stop()
+            await receiver.wait_for(lambda ev: any(e["subject"] == "mill/offline" for e in ev))
+            await door.clear()  # while the agent cannot hear it
+            await opcua.start()
+            await receiver.wait_for(lambda ev: len(alerts_of(ev, source)) == 2)
+    finally:
+        await door.clear()
+    assert alerts_of(receiver.events, source) == [("raised", key), ("cleared", key)]
+    subjects = [e["subject"] for e in receiver.events]
+    assert subjects.index("mill/offline") < len(subjects) - 1  # the outage was seen as one
+
+
+async def test_flood_gate_holds_a_burst_of_alarms(opcua: OpcuaSim, tmp_path: Path, receiver: Receiver) -> None:
+    names = [f"Axis{i}" for i in range(6)]
+    source, conditions = await make_source(opcua, *names)
+    cfg = alarms_config(opcua, tmp_path, receiver.url)
+    cfg = cfg.model_copy(update={"alerts": cfg.alerts.model_copy(update={"flood_count": 3, "flood_window": 60.0})})
+    try:
+        async with running_agent(cfg):
+            for cond in conditions:
+                await cond.activate(700, "axis drive fault")
+            await receiver.wait_for(lambda ev: any(e["subject"] == "mill/flood" for e in ev))
+    finally:
+        for cond in conditions:
+            await cond.clear()
+    assert len(alerts_of(receiver.events, source)) == 3  # the rest is held and summarised
+    flood = next(e for e in receiver.events if e["subject"] == "mill/flood")
+    assert flood["data"]["severity"] == "critical"

@@ -302,3 +302,67 @@ def test_long_condition_keys_stay_apart() -> None:
     a = condition_key("S" * 40, "A" * 40 + "1")
     b = condition_key("S" * 40, "A" * 40 + "2")
     assert len(a) == len(b) == 64 and a != b and a[:50] == b[:50]
+
+
+# -- config --------------------------------------------------------------------------------------------
+
+
+def _doc(rule: dict[str, Any], protocol: str = "opcua") -> dict[str, Any]:
+    machine: dict[str, Any] = {"id": "mill", "protocol": protocol, "signals": [{"id": "s"}]}
+    if protocol == "opcua":
+        machine["endpoint"] = "opc.tcp://mill:4840"
+        machine["signals"] = [{"id": "s", "node": "ns=2;s=S"}]
+    else:
+        machine["host"] = "10.0.0.9"
+        machine["signals"] = [{"id": "s", "address": 0}]
+    return {"machines": [machine], "rules": [{"id": "alarms", "machine": "mill", "kind": "alarms", **rule}]}
+
+
+def test_alarms_rule_defaults() -> None:
+    from agent.config import parse_config
+
+    (r,) = parse_config(_doc({})).rules
+    assert isinstance(r, AlarmsRule)
+    assert (r.source, r.min_severity, r.signal, r.chatter_count) == ("i=2253", 1, None, 3)
+
+
+@pytest.mark.parametrize(
+    ("rule", "protocol", "problem"),
+    [
+        ({"signal": "s"}, "opcua", r"rules\[0\]\.signal: an alarms rule has no `signal`: each alarm of the machine"),
+        ({"severity": "critical"}, "opcua", r"rules\[0\]\.severity: an alarms rule has no `severity`"),
+        ({"message": "x"}, "opcua", r"rules\[0\]\.message: an alarms rule has no `message`"),
+        ({"min_severity": 0}, "opcua", r"rules\[0\]\.min_severity: .*greater than or equal to 1"),
+        ({"min_severity": 1001}, "opcua", r"rules\[0\]\.min_severity: .*less than or equal to 1000"),
+        ({"source": "Server"}, "opcua", r'rules\[0\]\.source: .*must be an OPC UA node id like "i=2253"'),
+        ({"sourse": "i=2253"}, "opcua", r"rules\[0\]\.sourse"),
+        ({}, "modbus", r"rules\[0\]\.machine: machine 'mill' is modbus: only an OPC UA machine reports its own"),
+    ],
+)
+def test_alarms_rule_config_errors(rule: dict[str, Any], protocol: str, problem: str) -> None:
+    from agent.config import parse_config
+    from agent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=problem):
+        parse_config(_doc(rule, protocol))
+
+
+@pytest.mark.parametrize(
+    "source", ["i=2253", "ns=3;s=Area 1", "nsu=http://x/;i=5001", "ns=2;g=09087e75-8e5e-499b-954f-f2a9603db28a"]
+)
+def test_alarms_rule_sources(source: str) -> None:
+    from agent.config import parse_config
+
+    assert parse_config(_doc({"source": source})).rules[0].source == source  # type: ignore[union-attr]
+
+
+def test_check_prints_the_alarms_rule() -> None:
+    from agent.cli.check import summary
+    from agent.config import parse_config
+
+    text = summary(parse_config(_doc({"min_severity": 400, "source": "ns=2;s=Area1"})))
+    assert (
+        "rule alarms: alarms of mill (every condition its own alert), events of ns=2;s=Area1, "
+        "OPC UA severity 400 and over" in text
+    )
+    assert "events of the Server object\n" in summary(parse_config(_doc({}))) + "\n"

@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.cli.common import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, add_config_option, config_error, read_config
 from agent.cli.readiness import NOTE_ROOT, needs_root_note, readiness
-from agent.config import CodeRule, Config, ForecastRule, Rule, StaleRule, ThresholdRule, ToolLifeRule
+from agent.config import AlarmsRule, CodeRule, Config, ForecastRule, Rule, StaleRule, ThresholdRule, ToolLifeRule
 from agent.errors import ConfigError
 from agent.sinks.registry import sink_plugin
 from drivers.registry import PROTOCOLS, plugin_for
@@ -71,6 +71,10 @@ def report_readiness(cfg: Config) -> int:
 
 def _rule(r: Rule) -> str:
     """One rule in one line: its kind, what it watches and its limits."""
+    if isinstance(r, AlarmsRule):
+        notifier = "the Server object" if r.source == "i=2253" else r.source
+        floor = f", OPC UA severity {r.min_severity} and over" if r.min_severity > 1 else ""
+        return f"rule {r.id}: alarms of {r.machine} (every condition its own alert), events of {notifier}{floor}"
     if isinstance(r, ThresholdRule):
         levels = (("warning", r.warning), ("critical", r.critical))
         limits = [f"{name} {v:g}" for name, v in levels if v is not None]

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -133,6 +133,8 @@ class MachineBase(StrictModel):
     reconnect_max: Duration = Field(default=30.0, gt=0)  # cap of the reconnect backoff
     offline_severity: SeverityName = "warning"  # severity of the "<machine>/offline" alert
     signals: Sequence[SignalBase] = Field(min_length=1)
+    # Whether the protocol reports the machine's own alarms (an `alarms` rule needs it): OPC UA does.
+    has_alarms: ClassVar[bool] = False
 
     def use_state_dir(self, state_dir: Path) -> None:
         """Called once after loading with ``[agent] state_dir``, for a machine that keeps files there."""

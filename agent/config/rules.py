@@ -231,7 +231,8 @@ class AlarmsRule(LifecycleBase):
 SignalRule = ThresholdRule | FaultRule | CodeRule | ToolLifeRule | ForecastRule | StaleRule  # rules on one signal
 
 Rule = Annotated[
-    ThresholdRule | FaultRule | CodeRule | ToolLifeRule | ForecastRule | StaleRule, Field(discriminator="kind")
+    ThresholdRule | FaultRule | CodeRule | ToolLifeRule | ForecastRule | StaleRule | AlarmsRule,
+    Field(discriminator="kind"),
 ]
 
 # The agent's own alerts: "<machine>/offline", "<machine>/flood", "<machine>/unreadable".

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import Field
 
 from agent.config.base import MachineBase, StrictModel
-from agent.config.rules import RESERVED_RULE_IDS, Rule, StaleRule
+from agent.config.rules import RESERVED_RULE_IDS, AlarmsRule, Rule, StaleRule
 from agent.config.sections import AgentSection, AlertsSection, LightConfig, OutboxSection, StatusSection
 from agent.sinks.base import Origin, SinkConfigBase
 from agent.sinks.registry import SINKS, sink_plugin
@@ -75,9 +75,14 @@ def _rule_checks(ri: int, r: Rule, machines: dict[str, MachineBase]) -> list[tup
     if target is None:
         return [(f"rules[{ri}].machine", f"no machine with id {r.machine!r}")]
     errors: list[tuple[str, str]] = []
-    signal = next((s for s in target.signals if s.id == r.signal), None)
     if r.id in RESERVED_RULE_IDS:
         errors.append((f"rules[{ri}].id", f"{r.id!r} is the id of the agent's own {r.id} alert; choose another"))
+    if isinstance(r, AlarmsRule):
+        if not target.has_alarms:
+            why = f"machine {target.id!r} is {target.protocol}: only an OPC UA machine reports its own alarms"
+            errors.append((f"rules[{ri}].machine", why))
+        return errors
+    signal = next((s for s in target.signals if s.id == r.signal), None)
     if signal is None:
         errors.append((f"rules[{ri}].signal", f"machine {target.id!r} has no signal {r.signal!r}"))
     elif signal.value_kind in _REFUSED_VALUES.get(r.kind, ()):

@@ -4,6 +4,7 @@ judges its samples with the rules, commits the transitions and watches for it go
 ::
 
     poll:  driver.read() / driver.updates() -> rules.evaluate -> flood gate -> AlertLog.commit
+    alarms: driver.conditions() (OPC UA A&C) -> rules.alarms.on_events -> flood gate -> AlertLog.commit
     watch: no good read for offline_after -> "<machine>/offline" (cleared by the next good read)
     blind: a watched signal unreadable for offline_after -> "<machine>/unreadable" (agent.rules.unreadable)
     tick:  every poll_interval, the last good values again -> rules.tick (delays, repeats, staleness)
@@ -19,22 +20,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from agent.config.base import MachineBase
-from agent.config.rules import Rule, StaleRule
+from agent.config.rules import AlarmsRule, Rule, SignalRule, StaleRule
 from agent.config.sections import AlertsSection
 from agent.errors import AndonError, ConnectionLost, OutboxError
-from agent.model import Quality, Sample, Severity, Transition, TransitionKind
+from agent.model import ConditionEvent, Quality, Sample, Severity, Transition, TransitionKind
 from agent.ops.logs import Trouble
 from agent.pipeline.alertlog import AlertLog, rfc3339
 from agent.rules import RuleState, evaluate, tick
+from agent.rules.alarms import AlarmsState, alarms_tick, on_events, restore
 from agent.rules.flood import FLOOD, FloodState, admit, flood_tick, forgotten
 from agent.rules.unreadable import UNREADABLE, BlindState, judge, observe
-from drivers.base import Driver, PushDriver
+from drivers.base import AlarmDriver, Driver, PushDriver
 
 log = logging.getLogger("andon.runtime")
 
@@ -99,8 +102,10 @@ class MachineRunner:
         self._clock = clock
         self._driver_factory = driver_factory
         self._units = {s.id: s.unit for s in machine.signals}
-        self._by_signal: dict[str, list[Rule]] = {}
-        for r in self.rules:
+        self.alarm_rules = [r for r in self.rules if isinstance(r, AlarmsRule)]
+        signal_rules = [r for r in self.rules if not isinstance(r, AlarmsRule)]
+        self._by_signal: dict[str, list[SignalRule]] = {}
+        for r in signal_rules:
             self._by_signal.setdefault(r.signal, []).append(r)
             if isinstance(r, StaleRule) and r.only_while is not None and r.only_while != r.signal:
                 self._by_signal.setdefault(r.only_while, []).append(r)
@@ -113,9 +118,12 @@ class MachineRunner:
         self._last: dict[str, Sample] = {}  # the last good sample per signal, judged again on each tick
         self._fresh: set[str] = set()  # signals a poll evaluated since the last tick
         self.states: dict[str, RuleState] = {}
-        for r in self.rules:
+        for r in signal_rules:
             a = alerts.active.get(f"{machine.id}/{r.id}")
             self.states[r.id] = RuleState(active=a.severity, threshold=a.threshold) if a else RuleState()
+        active = {key: a.severity for key, a in alerts.active.items()}
+        self.alarm_states: dict[str, AlarmsState] = {r.id: restore(r, active) for r in self.alarm_rules}
+        self._had_good = False  # the current session gave a good read
         self.status = MachineStatus(offline=f"{machine.id}/{OFFLINE}" in alerts.active)
         self._last_good_mono = clock.monotonic()  # the offline clock starts when the agent starts
         self._recovered = asyncio.Event()
@@ -174,19 +182,31 @@ class MachineRunner:
         """
         async with self._driver_factory(self.machine) as driver:
             self.status.connected = True
-            had_good = False
+            self._had_good = False
             opened = self._clock.monotonic()
             source = driver.updates() if isinstance(driver, PushDriver) else self._polls(driver)
             try:
-                async for samples in source:
-                    honour_swallowed_cancel()
-                    had_good = await self.handle(samples) or had_good
+                if self.alarm_rules and isinstance(driver, AlarmDriver):
+                    await _together(self._samples(source), self._alarms(driver))
+                else:
+                    await self._samples(source)
             except ConnectionLost as exc:
-                if not had_good or self._clock.monotonic() - opened < STABLE_SESSION:
+                if not self._had_good or self._clock.monotonic() - opened < STABLE_SESSION:
                     raise
                 self.status.connected = False
                 self.status.last_error = str(exc)
                 self._conn.fail(exc, "reconnecting")
+
+    async def _samples(self, source: AsyncIterator[list[Sample]]) -> None:
+        async for samples in source:
+            honour_swallowed_cancel()
+            if await self.handle(samples):
+                self._had_good = True
+
+    async def _alarms(self, driver: AlarmDriver) -> None:
+        """The machine's own alarms, for the ``alarms`` rules, from their notifiers (``source``)."""
+        async for events in driver.conditions([r.source for r in self.alarm_rules]):
+            await self.handle_conditions(events)
 
     async def _polls(self, driver: Driver) -> AsyncIterator[list[Sample]]:
         """Read the driver every ``poll_interval`` (missed ticks are skipped, never bunched up)."""
@@ -229,9 +249,37 @@ class MachineRunner:
         self.first_poll.set()
         return bool(good)
 
-    async def _evaluate(self, samples: Sequence[Sample], now: float, *, ticked: bool) -> None:
-        """Judge good samples (fresh ones, or on a tick the last ones again); commit what the flood gate passes."""
+    async def handle_conditions(self, events: Sequence[ConditionEvent]) -> None:
+        """Apply the machine's condition events to its ``alarms`` rules and commit the transitions."""
+        now = self._clock.monotonic()
+        async with self._rules_lock:
+            new = dict(self.alarm_states)
+            transitions: list[Transition] = []
+            for rule in self.alarm_rules:
+                new[rule.id], ts = on_events(rule, new[rule.id], events, now)
+                transitions += ts
+            if await self._admit(transitions, now, ticked=False):
+                self.alarm_states = new
+
+    async def _evaluate(self, samples: Sequence[Sample], now: float, *, ticked: bool, alarms: bool = False) -> None:
+        """Judge good samples (fresh ones, or on a tick the last ones again; with ``alarms`` the
+        alarm rules' conditions too); commit what the flood gate passes."""
         new_states = dict(self.states)
+        transitions = self._judge(samples, now, ticked, new_states)
+        new_alarms = self.alarm_states
+        if alarms and self.alarm_rules:
+            new_alarms = dict(new_alarms)
+            for rule in self.alarm_rules:
+                new_alarms[rule.id], ts = alarms_tick(rule, new_alarms[rule.id], now, self._clock.wall())
+                transitions += ts
+        if await self._admit(transitions, now, ticked=ticked):
+            self.states = new_states
+            self.alarm_states = new_alarms
+
+    def _judge(
+        self, samples: Sequence[Sample], now: float, ticked: bool, new_states: dict[str, RuleState]
+    ) -> list[Transition]:
+        """The signal rules' transitions for these samples; their new states go into ``new_states``."""
         transitions: list[Transition] = []
         by_signal, fresh = self._by_signal, self._fresh
         for sample in samples:
@@ -248,6 +296,11 @@ class MachineRunner:
                 else:
                     new_states[rule.id], ts = evaluate(rule, new_states[rule.id], sample, now, unit)
                 transitions += ts
+        return transitions
+
+    async def _admit(self, transitions: list[Transition], now: float, *, ticked: bool) -> bool:
+        """Pass transitions through the flood gate (on a tick, let its clock run) and commit what it lets
+        through. False when the outbox refused: the caller keeps its old states, so they come again."""
         flood, out = admit(self._flood_cfg, self.machine.id, self._flood, transitions, now)
         if ticked:
             upstream = {key: a.severity for key, a in self._alerts.active.items()}
@@ -258,10 +311,10 @@ class MachineRunner:
                 await self._alerts.commit(out)
             except OutboxError as exc:  # keep the old states: the same transitions come again
                 self._commit.fail(exc, "alerts are held back until the outbox accepts them")
-                return
+                return False
             self._commit.ok()
-        self.states = new_states
         self._flood = flood
+        return True
 
     async def _tick_rules(self) -> None:
         """Every poll_interval, judge again the last good value of each signal no poll brought since.
@@ -283,10 +336,11 @@ class MachineRunner:
                 async with self._rules_lock:
                     skip = self._fresh | set(self.status.bad_signals)
                     due = [s for sig, s in self._last.items() if sig not in skip]
-                    if self.status.offline or not self.status.connected:
+                    live = self.status.connected and not self.status.offline
+                    if not live:
                         due = []
                     self._fresh.clear()
-                    await self._evaluate(due, self._clock.monotonic(), ticked=True)
+                    await self._evaluate(due, self._clock.monotonic(), ticked=True, alarms=live)
                     await self._judge_unreadable(self._clock.monotonic())
             except Exception:  # a bug must not stop the machine's polling: show it once, keep ticking
                 if not failing:
@@ -376,3 +430,17 @@ class MachineRunner:
                 self._commit.fail(exc, "the offline alert is held back until the outbox accepts it")
                 return
             self.status.offline = offline
+
+
+async def _together(*jobs: Coroutine[Any, Any, None]) -> None:
+    """Run the jobs at once until the first one ends; its exception (if any) is raised as it is,
+    and the others are cancelled."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -6,7 +6,7 @@ Pure pydantic: importing this module does not import asyncua.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -22,6 +22,7 @@ OpcuaPolicy = Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sh
 
 class OpcuaMachine(MachineBase):
     protocol: Literal["opcua"]
+    has_alarms: ClassVar[bool] = True  # Alarms & Conditions: `alarms` rules
     endpoint: str
     mode: Literal["subscribe", "poll"] = "subscribe"  # data changes pushed, or one Read per poll_interval
     security_policy: OpcuaPolicy = "None"
