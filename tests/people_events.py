@@ -28,6 +28,7 @@ def alert_doc(
     message: str | None = None,
     site: str | None = "plant-a",
     rule_kind: str | None = None,
+    part: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """A CloudEvent dict; ``kind`` "acknowledged" builds the board's acknowledgement of the alert.
@@ -44,6 +45,7 @@ def alert_doc(
         message if message is not None else f"tool 1 wear on {machine} is 96.5 %, at or over the {severity} limit",
         NOW + seq,
         extra=extra,
+        part=part,
     )
     doc = cloudevent(t, seq=seq, event_id=f"ev-{seq}", gateway=GATEWAY, site=site)
     if kind not in KINDS:

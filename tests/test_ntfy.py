@@ -53,7 +53,7 @@ def publish(doc: dict[str, Any], click: str | None = CLICK) -> dict[str, Any]:
         ),
         (alert_doc(6, "raised", "warning", rule="offline"), "press-1: offline warning", 4, ["warning"]),
         (
-            alert_doc(7, "raised", "critical", machine="mill-2", rule="alarms", condition="Spindle.Overtemp"),
+            alert_doc(7, "raised", "critical", machine="mill-2", rule="alarms", part="Spindle.Overtemp"),
             "mill-2: alarms Spindle.Overtemp critical",
             5,
             ["critical"],

@@ -202,3 +202,36 @@ async def test_status_and_metrics_show_a_failing_pagerduty_sink_without_its_key(
     assert 'andon_sink_up{sink="oncall"} 0.0' in metrics and 'andon_sink_pending_events{sink="oncall"} 1.0' in metrics
     assert 'andon_sink_up{sink="phones"} 1.0' in metrics
     assert wrong not in status and wrong not in metrics
+
+
+async def test_an_acknowledgement_reaches_the_sinks_that_saw_the_alert(
+    machine: SimulatedMachine,
+    receiver: Receiver,
+    ntfy: FakeNtfy,
+    pagerduty: FakePagerDuty,
+    make_config: Callable[..., Config],
+) -> None:
+    async with running(people_config(make_config, machine.port, receiver, ntfy, pagerduty)) as agent:
+        assert agent.alerts is not None
+        await machine.set("holding", WEAR, [850])  # a warning: the phones see it, the on-call does not
+        await machine.set("holding", FAULT, [0b1000])  # a critical: both do
+        await pagerduty.wait_for(lambda: len(pagerduty.events) == 1)
+        await receiver.wait_for(lambda ev: len(ev) == 2)
+        await agent.alerts.acknowledge("m1/wear", "Anna", "on my way")
+        await agent.alerts.acknowledge("m1/fault", "Ben", None)
+        await ntfy.wait_for(lambda: len(ntfy.messages) == 4)
+        await pagerduty.wait_for(lambda: len(pagerduty.events) == 2)
+        await receiver.wait_for(lambda ev: len(ev) == 4)
+    assert [e["event_action"] for e in pagerduty.events] == ["trigger", "acknowledge"]
+    assert pagerduty.incidents["gw-test/m1/fault"]["status"] == "acknowledged"
+    wear_ack, fault_ack = ntfy.messages[2:]
+    assert (wear_ack["title"], wear_ack["priority"], wear_ack["tags"]) == (
+        "m1: wear warning, acknowledged",
+        2,
+        ["warning", "eyes"],
+    )
+    assert wear_ack["message"].startswith("Acknowledged by Anna: on my way\nwear on m1 is 85")
+    assert wear_ack["sequence_id"] == ntfy.messages[0]["sequence_id"]  # replaces the alert's notification
+    assert fault_ack["title"] == "m1: fault critical, acknowledged" and fault_ack["message"].startswith(
+        "Acknowledged by Ben\n"
+    )

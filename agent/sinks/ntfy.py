@@ -129,12 +129,13 @@ def _clip_bytes(text: str, limit: int) -> str:
     return raw[: limit - 3].decode(errors="ignore") + "..."
 
 
-def _title(kind: str, data: Mapping[str, Any], gateway: str) -> str:
+def _title(kind: str, data: Mapping[str, Any], gateway: str, alert: str) -> str:
     if kind == _TEST:
         return f"{gateway}: test notification"
     what = humanize(str(data.get("rule") or "alert"))
-    if data.get("condition"):
-        what += f" {data['condition']}"
+    _, _, *part = alert.split("/", 2)
+    if part:  # one of a rule's several alerts (an OPC UA condition): the key's third part names it
+        what += f" {part[0]}"
     severity = str(data.get("severity") or "")
     state = {_CLEARED: "cleared", _ACK: f"{severity}, acknowledged"}.get(kind, severity)
     return f"{data.get('machine') or gateway}: {what} {state}"[:MAX_TITLE_CHARS]
@@ -181,7 +182,7 @@ def ntfy_message(event: Mapping[str, Any], *, topic: str, click: str | None) -> 
     alert = str(event.get("subject") or data.get("alert") or "_gateway")
     body: dict[str, Any] = {
         "topic": topic,
-        "title": _title(kind, data, gateway),
+        "title": _title(kind, data, gateway, alert),
         "message": _clip_bytes(_message(kind, data, gateway), MAX_MESSAGE_BYTES),
         "priority": _priority(kind, data),
         "tags": _tags(kind, data),
