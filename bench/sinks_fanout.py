@@ -60,6 +60,7 @@ class Run:
     name: str
     commits: dict[int, tuple[float, str]] = field(default_factory=dict)  # seq -> (monotonic, type)
     http: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    started: float = 0.0  # monotonic start of the toggling
     toggling: float = 0.0  # seconds the toggling took
     drained: float = 0.0  # seconds from the last commit until every sink had everything
 
@@ -148,7 +149,7 @@ async def toggle(
     task = asyncio.create_task(agent.run(stop), name="agent")
     try:
         await first_read(agent, task, 10)
-        started = time.monotonic()
+        started = run.started = time.monotonic()
         if run.name == "failing":
             pd.script = lambda body: (
                 Scripted(503, {"status": "unavailable"}) if time.monotonic() < (started + args.outage) else None
@@ -200,6 +201,22 @@ def latencies(run: Run, ntfy: FakeNtfy) -> dict[str, list[float]]:
     return {"http": http, "ntfy": phones}
 
 
+def phases(run: Run, pd: FakePagerDuty, outage: float, http: list[float]) -> dict[str, list[float]]:
+    """The http latencies by when the event was committed: during PagerDuty's outage, while it
+    catches up (until it has the first event committed after the outage), and after."""
+    seqs = sorted(run.commits)
+    end = run.started + outage
+    first_after = next((i for i, s in enumerate(seqs) if run.commits[s][0] >= end), len(seqs))
+    # PagerDuty got every event once and in order (see check), so its n-th request is the n-th event
+    caught_up = pd.accepted[first_after].at if first_after < len(pd.accepted) else end
+    out: dict[str, list[float]] = {"during the outage": [], "while it catches up": [], "after": []}
+    for (_, e), ms in zip(run.http, http, strict=True):
+        committed = run.commits[int(e["data"]["seq"])][0]
+        key = "during the outage" if committed < end else "while it catches up" if committed < caught_up else "after"
+        out[key].append(ms)
+    return out
+
+
 def row(name: str, values: list[float]) -> str:
     figures = (statistics.median(values), pct(values, 90), pct(values, 99), max(values))
     return f"{name:<24}" + "".join(f"{v:9.1f}" for v in figures)
@@ -226,6 +243,9 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"{'commit -> receipt (ms)':<24}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}")
             for sink, values in lat.items():
                 print(row(f"  {sink}", values))
+            for phase, values in phases(run, pd, args.outage, lat["http"]).items():
+                if len(values) > 1:
+                    print(row(f"  http {phase}", values) + f"  ({len(values)} events)")
             print(
                 "  delivery: " + ("every sink got every event once, in order" if not problems else "; ".join(problems))
             )
