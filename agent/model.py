@@ -116,8 +116,9 @@ class StoredEvent:
     """An event as it sits in the outbox: its seq, id and the exact JSON sent upstream.
 
     ``type``, ``subject`` and ``machine`` repeat the CloudEvent's ``type``, ``subject`` and
-    ``data.machine`` for routing; :func:`agent.sinks.routing.described` fills them from the body when a
-    writer leaves ``type`` empty.
+    ``data.machine`` for routing, so that it never parses a body: the outbox stores them in columns
+    beside the body, filled from the body (:func:`agent.sinks.routing.described`) when a writer
+    leaves ``type`` empty.
     """
 
     seq: int

@@ -34,6 +34,7 @@ from agent.sinks.http import (
     parse_retry_after,
     read_token,
 )
+from agent.sinks.routing import described
 
 T = TypeVar("T")
 NOW = 1_700_000_000.0
@@ -106,12 +107,13 @@ def transition(n: int) -> Transition:
 
 
 async def fill(outbox: AsyncOutbox, n: int) -> list[StoredEvent]:
-    """Commit ``n`` real CloudEvents, continuing the outbox's seq."""
+    """Commit ``n`` real CloudEvents, continuing the outbox's seq (as the outbox hands them back:
+    described, with their type, subject and machine)."""
     base = await outbox.call(outbox.sync.last_seq)
     events = []
     for seq in range(base + 1, base + n + 1):
         body = cloudevent(transition(seq - base), seq=seq, event_id=f"ev-{seq}", gateway="gw", site="lab")
-        events.append(StoredEvent(seq, f"ev-{seq}", Severity.WARNING, json.dumps(body).encode()))
+        events.append(described(StoredEvent(seq, f"ev-{seq}", Severity.WARNING, json.dumps(body).encode())))
     await outbox.call(outbox.sync.append, events, {})
     return events
 

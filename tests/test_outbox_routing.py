@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from agent.model import Severity, StoredEvent
 from agent.pipeline.outbox import Outbox
+from agent.sinks.routing import described
 
 
 def ev(seq: int) -> StoredEvent:
@@ -83,3 +85,42 @@ def test_a_file_from_before_routing_gets_every_active_alert_as_seen(path: Path) 
         assert reopened.seen("up") == {"lathe-2/offline"}
     finally:
         reopened.close()
+
+
+def alert_body(seq: int, kind: str, machine: str = "press-1") -> bytes:
+    doc = {"type": f"andon.alert.{kind}", "subject": f"{machine}/wear", "data": {"machine": machine, "seq": seq}}
+    return json.dumps(doc).encode()
+
+
+def test_events_keep_what_routing_needs_in_columns(outbox: Outbox) -> None:
+    """Routing never parses a body: the outbox stores type, subject and machine with each event,
+    read from the body once when the writer did not give them."""
+    given = StoredEvent(
+        1, "e1", Severity.CRITICAL, alert_body(1, "raised"), "andon.alert.raised", "press-1/wear", "press-1"
+    )
+    bare = StoredEvent(2, "e2", Severity.WARNING, alert_body(2, "cleared", "lathe-2"))
+    outbox.append([given, bare], {})
+    first, second = outbox.pending("phones", 10)
+    assert (first.type, first.subject, first.machine) == ("andon.alert.raised", "press-1/wear", "press-1")
+    assert (second.type, second.subject, second.machine) == ("andon.alert.cleared", "lathe-2/wear", "lathe-2")
+    assert described(second) is second  # nothing left to parse
+
+
+def test_a_file_from_before_the_columns_gets_them_from_the_bodies(path: Path) -> None:
+    with sqlite3.connect(path) as db:  # the events table of the previous release, two events waiting
+        db.execute(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, severity INTEGER NOT NULL, "
+            "body BLOB NOT NULL)"
+        )
+        db.executemany(
+            "INSERT INTO events VALUES (?, ?, ?, ?)", [(1, "e1", 3, alert_body(1, "raised")), (2, "e2", 2, b"junk")]
+        )
+    upgraded = Outbox(path)
+    upgraded.open()
+    try:
+        upgraded.set_sinks(["up"])
+        raised, junk = upgraded.pending("up", 10)
+        assert (raised.type, raised.subject, raised.machine) == ("andon.alert.raised", "press-1/wear", "press-1")
+        assert (junk.type, junk.body) == ("?", b"junk")  # not a CloudEvent: kept, taken by every-type sinks only
+    finally:
+        upgraded.close()

@@ -281,6 +281,8 @@ class AlertLog:
                     report, seq=seq, event_id=event_id, gateway=self._gateway, site=self._site, now=now
                 ),
                 Severity.CRITICAL,
+                DROPPED_TYPE,
+                f"{self._gateway}/outbox",
             )
             (event,) = await self._emit([draft], {}, self._notice_committed, report.count)
         return event
@@ -379,7 +381,7 @@ class AlertLog:
             active = dict(self.active)
             for t in transitions:
                 body = functools.partial(self._alert_body, t)
-                drafts.append(self._draft(body, t.severity))
+                drafts.append(self._draft(body, t.severity, EVENT_TYPES[t.kind], t.key, t.machine))
                 if t.kind is TransitionKind.CLEARED:
                     active.pop(t.key, None)
                     changes[t.key] = None

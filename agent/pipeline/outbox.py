@@ -6,7 +6,9 @@ so a crash can never leave an event without its state or the other way round.
 
 Each sink has a cursor (the highest ``seq`` it has settled: accepted, set aside or skipped by its
 routing) and the set of alerts it has seen (``sink_alerts``: sent a raised and no cleared since),
-changed by the same transaction that moves its cursor. Events at or below every sink's cursor are
+changed by the same transaction that moves its cursor. Each event keeps, beside its body, the
+``type``, ``subject`` and ``machine`` routing needs (read from the body once if the writer did not
+give them). Events at or below every sink's cursor are
 deleted. ``seq`` comes from a counter kept in the same file, taken by :meth:`Outbox.emit` inside the
 transaction that stores the event (so it can never be reused); a new file starts it at the current
 time in milliseconds so it keeps increasing even if a damaged file
@@ -60,6 +62,7 @@ from typing import Any, TypeVar
 
 from agent.errors import OutboxError
 from agent.model import Severity, StoredEvent
+from agent.sinks.routing import described
 
 log = logging.getLogger("andon.outbox")
 
@@ -79,7 +82,10 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL,
     severity INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    type TEXT,  -- the CloudEvent's type, subject and data.machine, for routing without parsing the body
+    subject TEXT,
+    machine TEXT
 );
 CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);
@@ -104,7 +110,8 @@ def _migrate(db: sqlite3.Connection) -> None:
     """Bring a file an older agent wrote up to date, each step in one transaction (a new file skips them).
 
     ``sink_alerts`` (what each sink has seen): before routing every sink got every event, so each
-    sink has seen every alert that is still active.
+    sink has seen every alert that is still active. The events' ``type``, ``subject`` and ``machine``
+    columns: read once from the bodies of the events waiting in the file.
     """
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if {"cursors", "alerts"} <= tables and "sink_alerts" not in tables:
@@ -114,6 +121,22 @@ def _migrate(db: sqlite3.Connection) -> None:
             "INSERT INTO sink_alerts (sink, alert) SELECT c.sink, a.key FROM cursors c CROSS JOIN alerts a;"
             "COMMIT;"
         )
+    columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+    if "events" in tables and "type" not in columns:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for name in ("type", "subject", "machine"):
+                db.execute(f"ALTER TABLE events ADD COLUMN {name} TEXT")
+            rows = db.execute("SELECT seq, id, severity, body FROM events").fetchall()
+            described_rows = (described(StoredEvent(seq, i, Severity(sev), bytes(body))) for seq, i, sev, body in rows)
+            db.executemany(
+                "UPDATE events SET type = ?, subject = ?, machine = ? WHERE seq = ?",
+                [(e.type, e.subject, e.machine, e.seq) for e in described_rows],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,8 +422,8 @@ class Outbox:
         def work(db: sqlite3.Connection) -> None:
             events.extend(build(self._scalar("SELECT value FROM meta WHERE key = 'last_seq'")))
             db.executemany(
-                "INSERT INTO events (seq, id, severity, body) VALUES (?, ?, ?, ?)",
-                [(e.seq, e.id, int(e.severity), e.body) for e in events],
+                "INSERT INTO events (seq, id, severity, body, type, subject, machine) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.seq, e.id, int(e.severity), e.body, e.type, e.subject, e.machine) for e in map(described, events)],
             )
             if events:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (events[-1].seq,))
@@ -520,11 +543,14 @@ class Outbox:
     def pending(self, sink: str, limit: int) -> list[StoredEvent]:
         """The oldest events the sink has not settled yet, in ``seq`` order."""
         rows = self._read(
-            "SELECT seq, id, severity, body FROM events "
+            "SELECT seq, id, severity, body, type, subject, machine FROM events "
             "WHERE seq > (SELECT seq FROM cursors WHERE sink = ?) ORDER BY seq LIMIT ?",
             (sink, limit),
         )
-        return [StoredEvent(seq, id_, Severity(sev), bytes(body)) for seq, id_, sev, body in rows]
+        return [
+            StoredEvent(seq, id_, Severity(sev), bytes(body), type_ or "", subject, machine)
+            for seq, id_, sev, body, type_, subject, machine in rows
+        ]
 
     def depth(self, sink: str | None = None) -> int:
         if sink is None:
