@@ -4,8 +4,8 @@ Drain: a child process writes ``--events`` real CloudEvents to a fresh outbox: t
 tool-wear alerts on one press (raised, updated x3, cleared, over and over), so every event is an
 alert event with retained state (the heaviest kind for this sink: two messages per event unless
 the batch coalesces its retained state). mosquitto runs with a generated config on a free port;
-``mosquitto_sub`` (another process) subscribes to ``andon/+/+/events/#`` at QoS 1 and counts what
-arrives. The bench process runs the agent's real delivery path: :class:`AsyncOutbox` (SQLite, WAL,
+``mosquitto_sub`` subscribes to ``andon/+/+/events/#`` at QoS 1, and another process counts what it
+receives (distinct ids too). The bench process runs the agent's real delivery path: :class:`AsyncOutbox` (SQLite, WAL,
 every settle a synced transaction), :class:`Delivery` with the default batch size (500) and
 linger, and the :class:`MqttSink` (MQTT 5, every message acknowledged by PUBACK before its event
 counts) until the outbox is empty. It prints events/s and messages/s, the subscriber's count, the
@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from asyncio.subprocess import PIPE
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +94,19 @@ def fill(path: Path, n: int) -> None:
 
 
 class Counter:
-    """``mosquitto_sub`` in another process; a thread counts the messages and their distinct ids."""
+    """Child process: ``mosquitto_sub`` at QoS 1 on ``topic``; counts the messages and their distinct ids
+    (kept here, not in the bench process, whose RSS is measured). Prints ``ready``; after a line on
+    stdin, waits until ``n`` distinct ids arrived (at most 60 s) and prints ``<count> <distinct>``."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, topic: str, n: int) -> None:
         sub = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
         cmd = [sub, "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-V", "mqttv5", "-F", "%p"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        self.n = n
         self.count = 0
         self.ids: set[str] = set()
         self.changed = threading.Condition()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -114,11 +117,13 @@ class Counter:
                 self.ids.add(doc["id"])
                 self.changed.notify_all()
 
-    def wait_for(self, n: int, within: float) -> bool:
+    def run(self) -> None:
+        time.sleep(0.5)  # mosquitto_sub has no ready signal: give it time to subscribe
+        print("ready", flush=True)
+        sys.stdin.readline()
         with self.changed:
-            return self.changed.wait_for(lambda: len(self.ids) >= n, within)
-
-    def close(self) -> None:
+            self.changed.wait_for(lambda: len(self.ids) >= self.n, 60)
+            print(self.count, len(self.ids), flush=True)
         self.proc.terminate()
         self.proc.wait()
 
@@ -255,11 +260,15 @@ async def run_drain(args: argparse.Namespace, broker: Mosquitto) -> bool:
         print(
             f"backlog: {args.events} alert events written in {time.perf_counter() - t0:.1f} s; {size / 2**20:.1f} MiB"
         )
-        counter = Counter(broker.port, "andon/+/+/events/#")
-        await asyncio.sleep(0.5)  # mosquitto_sub has no ready signal: give it time to subscribe
+        counter = await asyncio.create_subprocess_exec(
+            *me, "--count", str(broker.port), "--events", str(args.events), stdin=PIPE, stdout=PIPE
+        )
+        assert counter.stdin is not None and counter.stdout is not None
+        assert (await counter.stdout.readline()).strip() == b"ready"
         r = await drain(path, broker.url, args.protocol, args.batch_size, args.linger)
-        complete = await asyncio.to_thread(counter.wait_for, r["backlog"], 60)
-        counter.close()
+        counter.stdin.write(b"go\n")
+        got, distinct = (int(x) for x in (await counter.stdout.readline()).split())
+        await counter.wait()
     rate = r["backlog"] / r["took"]
     growth = (r["peak"] - r["start_rss"]) / 2**20
     print(
@@ -267,15 +276,12 @@ async def run_drain(args: argparse.Namespace, broker: Mosquitto) -> bool:
         f"(budget >= {RATE_BUDGET:,.0f}); CPU {r['cpu']:.2f} s = {r['backlog'] / r['cpu']:,.0f} events per CPU-second; "
         f"{r['conns']} connection(s)"
     )
-    print(
-        f"subscriber (mosquitto_sub, another process) got {counter.count} event messages, "
-        f"{len(counter.ids)} distinct ids{'' if complete else ' (INCOMPLETE)'}"
-    )
+    print(f"subscriber (mosquitto_sub, another process) got {got} event messages, {distinct} distinct ids")
     print(
         f"agent RSS: {r['start_rss'] / 2**20:.1f} MiB at the start of the drain, peak {r['peak'] / 2**20:.1f} MiB, "
         f"growth {growth:.1f} MiB (budget < {RSS_BUDGET_MB:.0f} MB)"
     )
-    return bool(rate >= RATE_BUDGET and growth < RSS_BUDGET_MB and len(counter.ids) == r["backlog"])
+    return bool(rate >= RATE_BUDGET and growth < RSS_BUDGET_MB and distinct == r["backlog"])
 
 
 def load() -> str:
@@ -316,9 +322,13 @@ def main() -> int:
     p.add_argument("--idle-seconds", type=float, default=5.0)
     p.add_argument("--state-dir", type=Path, default=None, help="where the outbox goes (default: a temp dir)")
     p.add_argument("--fill", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.fill:
         fill(args.fill, args.events)
+        return 0
+    if args.count:
+        Counter(args.count, "andon/+/+/events/#", args.events).run()
         return 0
     ok = asyncio.run(amain(args))
     print("PASS" if ok else "FAIL")
