@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,10 @@ machine = "press-1"
 signal = "fault"
 kind = "fault"
 severity = "critical"
+chatter_count = 0                   # the bench toggles the fault on purpose: no chattering hold
+
+[alerts]
+flood_count = 0                     # nor a flood gate
 
 [status]
 listen = ""
@@ -201,11 +206,17 @@ async def round_trip(fleet: Fleet, sub: Subscriber, on: bool, within: float) -> 
     return [t - changed[gw] for gw, t in new], first, max(t for _, t in new)
 
 
+def log_tails(directory: Path, gateways: int = 3) -> str:
+    """The ends of the first gateways' logs, to say why something did not arrive."""
+    logs = sorted(directory.glob("gw-*/agent.log"))[:gateways]
+    return "\n".join(f"--- {p.parent.name}:\n{p.read_text()[-2000:]}" for p in logs)
+
+
 def pct(values: list[float], p: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[p - 1] if len(values) > 1 else values[0]
 
 
-async def online(broker: Mosquitto, n: int, expect: Callable[[dict[str, object]], bool]) -> int:
+async def online(broker: Mosquitto, expect: Callable[[dict[str, object]], bool]) -> int:
     statuses = await retained(broker, "andon/+/+/status")
     return sum(1 for m in statuses if m.payload and expect(json.loads(m.payload)))
 
@@ -219,6 +230,9 @@ async def run(args: argparse.Namespace) -> int:
         fleet = Fleet(n, broker, Path(tmp))
         try:
             return await measure(args, fleet)
+        except TimeoutError:
+            print(log_tails(Path(tmp)))
+            raise
         finally:
             for p in fleet.agents:
                 if p.returncode is None:
@@ -229,93 +243,179 @@ async def run(args: argparse.Namespace) -> int:
             print(f"load average after: {load()}")
 
 
-async def measure(args: argparse.Namespace, fleet: Fleet) -> int:
-    n, broker = fleet.n, fleet.broker
-    broker_empty = rss_mib(fleet.broker_pid)
-    await fleet.start_machines()
-    async with Subscriber(broker, "andon/+/+/events/#", "andon/+/+/status") as sub:
-        t0 = time.monotonic()
-        await fleet.start_agents()
+@dataclass
+class Figures:
+    """What the phases measured, for the closing lines."""
 
-        def all_online(ms: list[Received]) -> bool:
-            up = {m.topic for m in ms if m.topic.endswith("/status") and m.payload and json.loads(m.payload)["online"]}
-            return len(up) >= n
+    agents_rss: list[float] = field(default_factory=list)
+    broker_empty: float = 0.0
+    broker_rss: float = 0.0
+    idle_agents_pct: float = 0.0  # of one CPU, all agents together
+    idle_broker_pct: float = 0.0
+    agent_ms_per_event: float = 0.0  # CPU above idle
+    broker_ms_per_event: float = 0.0
+    ok: bool = True
 
-        await sub.until(all_online, args.start_within)
-        started = time.monotonic() - t0
-        print(f"{n} gateways (agent processes, one simulated machine each) online on one mosquitto in {started:.1f} s")
 
-        await asyncio.sleep(2.0)  # let the start-up settle before measuring idle
-        cpu0, bcpu0, w0 = *fleet.cpu(), time.monotonic()
-        await asyncio.sleep(args.idle)  # idle is what is measured here
-        cpu1, bcpu1, w1 = *fleet.cpu(), time.monotonic()
-        agents_rss, broker_rss = fleet.footprint()
-        idle_agent_pct = (cpu1 - cpu0) / (w1 - w0) * 100
-        idle_broker_pct = (bcpu1 - bcpu0) / (w1 - w0) * 100
-        print(
-            f"idle {w1 - w0:.0f} s (each agent polls its machine every 200 ms): agents {idle_agent_pct:.1f} % of a CPU "
-            f"together ({idle_agent_pct / n:.2f} % each), broker {idle_broker_pct:.2f} %"
-        )
-        print(
-            f"RSS: agent median {statistics.median(agents_rss):.1f} MiB (min {min(agents_rss):.1f}, max "
-            f"{max(agents_rss):.1f}), all agents {sum(agents_rss):.0f} MiB; broker {broker_empty:.1f} MiB with no "
-            f"client, {broker_rss:.1f} MiB with {n} gateways = "
-            f"{(broker_rss - broker_empty) * 1024 / n:.0f} KiB a gateway"
-        )
+async def start(fleet: Fleet, sub: Subscriber, within: float) -> None:
+    t0 = time.monotonic()
+    await fleet.start_agents()
 
-        latencies: list[float] = []
-        events = 0
-        spans: list[float] = []
-        cpu0, bcpu0 = fleet.cpu()
-        for _ in range(args.rounds):
-            for on in (True, False):
-                lat, first, last = await round_trip(fleet, sub, on, args.round_within)
-                latencies += lat
-                events += len(lat)
-                spans.append(last - first)
-        cpu1, bcpu1 = fleet.cpu()
-        busy = sum(spans)
-        print(
-            f"burst: {args.rounds} rounds of {n} raises then {n} clears: {events} events in {busy:.2f} s of rounds = "
-            f"{events / busy:,.0f} events/s end to end (change -> subscriber); latency median "
-            f"{statistics.median(latencies) * 1000:.0f} ms, p90 {pct(latencies, 90) * 1000:.0f} ms, "
-            f"p99 {pct(latencies, 99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms (poll 200 ms included)"
-        )
-        print(
-            f"CPU per event: agents {(cpu1 - cpu0) / events * 1000:.2f} ms, "
-            f"broker {(bcpu1 - bcpu0) / events * 1000:.3f} ms"
-        )
+    def all_online(ms: list[Received]) -> bool:
+        up = {m.topic for m in ms if m.topic.endswith("/status") and m.payload and json.loads(m.payload)["online"]}
+        return len(up) >= fleet.n
 
-        # The fleet's alert view: every machine faulted -> every gateway's alert retained.
-        await round_trip(fleet, sub, True, args.round_within)
-        view = await retained(broker, "andon/+/+/alerts/#")
-        gateways = {json.loads(m.payload)["data"]["gateway"] for m in view}
-        print(
-            f"a subscriber joining on andon/+/+/alerts/# got {len(view)} retained alerts from {len(gateways)} gateways"
-        )
-        ok = len(view) == n and len(gateways) == n
-        half = range(n // 2)
-        kind = "andon.alert.cleared"
-        before = len(events_of(sub, kind))
-        await fleet.set_faults(half, False)
-        await sub.until(lambda _: len(events_of(sub, kind)) - before >= len(half), args.round_within)
-        view = await retained(broker, "andon/+/+/alerts/#")
-        print(f"after {len(half)} of them cleared, a new subscriber gets {len(view)} (expected {n - len(half)})")
-        ok = ok and len(view) == n - len(half)
+    await sub.until(all_online, within)
+    print(f"{fleet.n} gateways (agent processes, one simulated machine each) online in {time.monotonic() - t0:.1f} s")
 
-    codes = await fleet.stop_agents()
-    offline = await online(broker, n, lambda doc: doc.get("online") is False)
-    print(f"clean stop of every agent: exit codes {sorted(set(codes))}; {offline} of {n} statuses say offline")
-    ok = ok and offline == n and set(codes) == {0}
 
-    agent_rss = statistics.median(agents_rss)
+async def idle(fleet: Fleet, seconds: float, f: Figures) -> None:
+    await asyncio.sleep(2.0)  # let the start-up settle first
+    cpu0, bcpu0, w0 = *fleet.cpu(), time.monotonic()
+    await asyncio.sleep(seconds)  # idle is what is measured: nothing to wait for
+    cpu1, bcpu1, w1 = *fleet.cpu(), time.monotonic()
+    f.agents_rss, f.broker_rss = fleet.footprint()
+    f.idle_agents_pct = (cpu1 - cpu0) / (w1 - w0) * 100
+    f.idle_broker_pct = (bcpu1 - bcpu0) / (w1 - w0) * 100
+    n = fleet.n
     print(
-        f"one more gateway costs: an agent process of {agent_rss:.1f} MiB RSS and {idle_agent_pct / n:.2f} % of a CPU "
-        f"idle on its gateway; at the broker {(broker_rss - broker_empty) * 1024 / n:.0f} KiB and "
-        f"{idle_broker_pct / n:.3f} % of a CPU idle, plus {(bcpu1 - bcpu0) / events * 1000:.3f} ms of CPU per event"
+        f"idle {w1 - w0:.0f} s (each agent polls every 200 ms, MQTT keepalive 30 s): agents "
+        f"{f.idle_agents_pct:.1f} % of a CPU together ({f.idle_agents_pct / n:.2f} % each), broker "
+        f"{f.idle_broker_pct:.2f} %"
     )
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    print(
+        f"RSS: agent median {statistics.median(f.agents_rss):.1f} MiB (min {min(f.agents_rss):.1f}, max "
+        f"{max(f.agents_rss):.1f}), all agents {sum(f.agents_rss):.0f} MiB; broker {f.broker_empty:.1f} MiB with no "
+        f"client, {f.broker_rss:.1f} MiB with {n} gateways: {(f.broker_rss - f.broker_empty) * 1024 / n:.0f} KiB each"
+    )
+
+
+async def rounds(fleet: Fleet, sub: Subscriber, args: argparse.Namespace) -> None:
+    """Every machine raises at once, then clears: the latency of a fleet-wide burst."""
+    latencies: list[float] = []
+    spans: list[float] = []
+    for _ in range(args.rounds):
+        for on in (True, False):
+            lat, first, last = await round_trip(fleet, sub, on, args.round_within)
+            latencies += lat
+            spans.append(last - first)
+    print(
+        f"bursts: {args.rounds} x ({fleet.n} raises at once, then {fleet.n} clears): {len(latencies)} events, "
+        f"{len(latencies) / sum(spans):,.0f} events/s while a burst lasts; change -> subscriber median "
+        f"{statistics.median(latencies) * 1000:.0f} ms, p90 {pct(latencies, 90) * 1000:.0f} ms, p99 "
+        f"{pct(latencies, 99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms (a 200 ms poll included)"
+    )
+
+
+def gateway_events(sub: Subscriber) -> dict[str, list[tuple[int, str, float]]]:
+    """Per gateway, the (seq, type, arrival) of every event received, in arrival order."""
+    out: dict[str, list[tuple[int, str, float]]] = {}
+    for m in sub.messages:
+        if "/events/" in m.topic:
+            doc = m.json()
+            out.setdefault(doc["data"]["gateway"], []).append((doc["data"]["seq"], doc["type"], m.at))
+    return out
+
+
+def gaps(events: dict[str, list[tuple[int, str, float]]]) -> int:
+    """Events missing at the subscriber: each gateway's seq numbers have no holes (seq is contiguous)."""
+    missing = 0
+    for evs in events.values():
+        seqs = sorted({seq for seq, _, _ in evs})
+        missing += seqs[-1] - seqs[0] + 1 - len(seqs)
+    return missing
+
+
+async def sustained(fleet: Fleet, sub: Subscriber, args: argparse.Namespace, f: Figures) -> None:
+    """Every machine toggles its fault every ``--toggle`` s, phases spread, for ``--sustain`` s; then
+    wait until every gateway's last event matches its machine's last state."""
+    toggles: dict[str, list[tuple[float, bool]]] = {fleet.gateway(i): [] for i in range(fleet.n)}
+    already = len(sub.messages)
+    cpu0, bcpu0 = fleet.cpu()
+    started = time.monotonic()
+
+    async def toggle(i: int) -> None:
+        await asyncio.sleep(args.toggle * i / fleet.n)
+        on = True
+        while time.monotonic() - started < args.sustain:
+            await fleet.set_faults(range(i, i + 1), on)
+            toggles[fleet.gateway(i)].append((time.monotonic(), on))
+            on = not on
+            await asyncio.sleep(args.toggle)  # the machine's own pace
+
+    await asyncio.gather(*(toggle(i) for i in range(fleet.n)))
+
+    def settled(_: list[Received]) -> bool:
+        now = gateway_events(sub)
+        want = {gw: "andon.alert.raised" if t[-1][1] else "andon.alert.cleared" for gw, t in toggles.items()}
+        return all(gw in now and now[gw][-1][1] == want[gw] for gw in want)
+
+    await sub.until(settled, args.round_within)
+    cpu1, bcpu1 = fleet.cpu()
+    new = [m for m in sub.messages[already:] if "/events/" in m.topic]
+    wall = max(m.at for m in new) - started
+    latencies = []
+    for m in new:  # from the last change of its machine to that state before the event arrived
+        doc = m.json()
+        state = doc["type"] == "andon.alert.raised"
+        changes = [t for t, on in toggles[doc["data"]["gateway"]] if on == state and t <= m.at]
+        latencies.append(m.at - changes[-1])
+    missing = gaps(gateway_events(sub))
+    f.ok &= missing == 0
+    f.agent_ms_per_event = (cpu1 - cpu0 - f.idle_agents_pct / 100 * wall) / len(new) * 1000
+    f.broker_ms_per_event = (bcpu1 - bcpu0 - f.idle_broker_pct / 100 * wall) / len(new) * 1000
+    print(
+        f"sustained {args.sustain:.0f} s, each machine changing every {args.toggle:g} s: {len(new)} events in "
+        f"{wall:.1f} s = {len(new) / wall:,.0f} events/s end to end (register change -> subscriber); "
+        f"{missing} missing (seq gaps); latency median {statistics.median(latencies) * 1000:.0f} ms, "
+        f"p99 {pct(latencies, 99) * 1000:.0f} ms (a 200 ms poll included)"
+    )
+    print(
+        f"CPU per event above idle: agents {f.agent_ms_per_event:.2f} ms (poll, rules, two synced commits, "
+        f"MQTT), broker {f.broker_ms_per_event:.3f} ms"
+    )
+
+
+async def alert_view(fleet: Fleet, sub: Subscriber, args: argparse.Namespace, f: Figures) -> None:
+    """Every machine faulted: a late subscriber to andon/+/+/alerts/# sees every gateway's alert."""
+    n, broker = fleet.n, fleet.broker
+    await round_trip(fleet, sub, True, args.round_within)
+    view = await retained(broker, "andon/+/+/alerts/#")
+    gateways = {json.loads(m.payload)["data"]["gateway"] for m in view}
+    print(f"a subscriber joining on andon/+/+/alerts/# got {len(view)} retained alerts from {len(gateways)} gateways")
+    f.ok &= len(view) == n and len(gateways) == n
+    half = range(n // 2)
+    kind = "andon.alert.cleared"
+    before = len(events_of(sub, kind))
+    await fleet.set_faults(half, False)
+    await sub.until(lambda _: len(events_of(sub, kind)) - before >= len(half), args.round_within)
+    view = await retained(broker, "andon/+/+/alerts/#")
+    print(f"after {len(half)} of them cleared, a new subscriber gets {len(view)} (expected {n - len(half)})")
+    f.ok &= len(view) == n - len(half)
+
+
+async def measure(args: argparse.Namespace, fleet: Fleet) -> int:
+    f = Figures(broker_empty=rss_mib(fleet.broker_pid))
+    await fleet.start_machines()
+    async with Subscriber(fleet.broker, "andon/+/+/events/#", "andon/+/+/status") as sub:
+        await start(fleet, sub, args.start_within)
+        await idle(fleet, args.idle, f)
+        await rounds(fleet, sub, args)
+        await sustained(fleet, sub, args, f)
+        await alert_view(fleet, sub, args, f)
+    codes = await fleet.stop_agents()
+    offline = await online(fleet.broker, lambda doc: doc.get("online") is False)
+    print(f"clean stop of every agent: exit codes {sorted(set(codes))}; {offline} of {fleet.n} statuses say offline")
+    f.ok &= offline == fleet.n and set(codes) == {0}
+    n = fleet.n
+    print(
+        f"one more gateway costs: on its own hardware an agent of {statistics.median(f.agents_rss):.1f} MiB RSS and "
+        f"{f.idle_agents_pct / n:.2f} % of a CPU idle ({f.agent_ms_per_event:.1f} ms of CPU per event); at the broker "
+        f"{(f.broker_rss - f.broker_empty) * 1024 / n:.0f} KiB, {f.idle_broker_pct / n:.4f} % of a CPU idle and "
+        f"{f.broker_ms_per_event * 1000:.0f} us of CPU per event"
+    )
+    print("PASS" if f.ok else "FAIL")
+    return 0 if f.ok else 1
 
 
 def main() -> int:
@@ -323,6 +423,8 @@ def main() -> int:
     p.add_argument("--gateways", type=int, default=50)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--idle", type=float, default=20.0, help="seconds of idle measured")
+    p.add_argument("--sustain", type=float, default=20.0, help="seconds of steady changes")
+    p.add_argument("--toggle", type=float, default=0.5, help="each machine changes every this many seconds")
     p.add_argument("--start-within", type=float, default=300.0)
     p.add_argument("--round-within", type=float, default=60.0)
     return asyncio.run(run(p.parse_args()))
