@@ -60,6 +60,12 @@ def rss_bytes(pid: int | str = "self") -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fill(path: Path, n: int) -> None:
     """Child process: ``n`` alert events (8 alerts' lifecycles) in a fresh outbox, 1,000 per commit."""
     from agent.pipeline.outbox import Outbox
@@ -265,7 +271,10 @@ async def run_drain(args: argparse.Namespace, broker: Mosquitto) -> bool:
         )
         assert counter.stdin is not None and counter.stdout is not None
         assert (await counter.stdout.readline()).strip() == b"ready"
+        assert broker.proc is not None
+        broker_cpu0 = cpu_seconds(broker.proc.pid)
         r = await drain(path, broker.url, args.protocol, args.batch_size, args.linger)
+        broker_cpu = cpu_seconds(broker.proc.pid) - broker_cpu0
         counter.stdin.write(b"go\n")
         got, distinct = (int(x) for x in (await counter.stdout.readline()).split())
         await counter.wait()
@@ -277,6 +286,10 @@ async def run_drain(args: argparse.Namespace, broker: Mosquitto) -> bool:
         f"{r['conns']} connection(s)"
     )
     print(f"subscriber (mosquitto_sub, another process) got {got} event messages, {distinct} distinct ids")
+    print(
+        f"broker (mosquitto, one subscriber): CPU {broker_cpu:.2f} s = "
+        f"{broker_cpu / r['backlog'] * 1e6:.0f} us per event (PUBACKs, retained writes, the copy to the subscriber)"
+    )
     print(
         f"agent RSS: {r['start_rss'] / 2**20:.1f} MiB at the start of the drain, peak {r['peak'] / 2**20:.1f} MiB, "
         f"growth {growth:.1f} MiB (budget < {RSS_BUDGET_MB:.0f} MB)"
