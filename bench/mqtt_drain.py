@@ -134,12 +134,13 @@ class Counter:
         self.proc.wait()
 
 
-async def drain(path: Path, url: str, protocol: str, batch_size: int, linger: float) -> dict[str, Any]:
+async def drain(path: Path, url: str, args: argparse.Namespace) -> dict[str, Any]:
     from agent.pipeline.delivery import Delivery
     from agent.pipeline.outbox import AsyncOutbox, Outbox
     from agent.sinks.mqtt import MqttSink, MqttSinkConfig
 
-    cfg = MqttSinkConfig.model_validate({"id": "fleet", "kind": "mqtt", "url": url, "protocol": protocol})
+    doc = {"id": "fleet", "kind": "mqtt", "url": url, "protocol": args.protocol, "in_flight": args.in_flight}
+    cfg = MqttSinkConfig.model_validate(doc)
 
     class Watched(AsyncOutbox):  # notices the end of the drain without polling
         drained = asyncio.Event()
@@ -157,7 +158,7 @@ async def drain(path: Path, url: str, protocol: str, batch_size: int, linger: fl
         backlog = ob.sync.depth()
         ob.drained.clear()
         await sink.wait_connected(10)
-        delivery = Delivery(sink, ob, batch_size=batch_size, retry_max=1.0, linger=linger)
+        delivery = Delivery(sink, ob, batch_size=args.batch_size, retry_max=1.0, linger=args.linger)
         gc.collect()
         start_rss = peak = rss_bytes()
         done = threading.Event()
@@ -179,7 +180,16 @@ async def drain(path: Path, url: str, protocol: str, batch_size: int, linger: fl
         sampler.join()
         peak = max(peak, rss_bytes())
         connections = sink.connections
-    return {"took": took, "cpu": cpu, "backlog": backlog, "start_rss": start_rss, "peak": peak, "conns": connections}
+        window = sink._connected.window if sink._connected else 0
+    return {
+        "took": took,
+        "cpu": cpu,
+        "backlog": backlog,
+        "start_rss": start_rss,
+        "peak": peak,
+        "conns": connections,
+        "window": window,
+    }
 
 
 AGENT_CONFIG = """
@@ -273,7 +283,7 @@ async def run_drain(args: argparse.Namespace, broker: Mosquitto) -> bool:
         assert (await counter.stdout.readline()).strip() == b"ready"
         assert broker.proc is not None
         broker_cpu0 = cpu_seconds(broker.proc.pid)
-        r = await drain(path, broker.url, args.protocol, args.batch_size, args.linger)
+        r = await drain(path, broker.url, args)
         broker_cpu = cpu_seconds(broker.proc.pid) - broker_cpu0
         counter.stdin.write(b"go\n")
         got, distinct = (int(x) for x in (await counter.stdout.readline()).split())
@@ -283,7 +293,7 @@ async def run_drain(args: argparse.Namespace, broker: Mosquitto) -> bool:
     print(
         f"MQTT {args.protocol}: drained {r['backlog']} events in {r['took']:.2f} s = {rate:,.0f} events/s "
         f"(budget >= {RATE_BUDGET:,.0f}); CPU {r['cpu']:.2f} s = {r['backlog'] / r['cpu']:,.0f} events per CPU-second; "
-        f"{r['conns']} connection(s)"
+        f"{r['conns']} connection(s), {r['window']} messages in flight at most"
     )
     print(f"subscriber (mosquitto_sub, another process) got {got} event messages, {distinct} distinct ids")
     print(
@@ -304,7 +314,10 @@ def load() -> str:
 async def amain(args: argparse.Namespace) -> bool:
     print(f"load average before: {load()}")
     with tempfile.TemporaryDirectory(prefix="andon-mosquitto-") as tmp:
-        broker = Mosquitto(Path(tmp), extra=("max_queued_messages 0",))  # the counting subscriber must miss none
+        extra = ["max_queued_messages 0"]  # the counting subscriber must miss none
+        if args.receive_maximum:
+            extra.append(f"max_inflight_messages {args.receive_maximum}")  # mosquitto's Receive Maximum (MQTT 5)
+        broker = Mosquitto(Path(tmp), extra=tuple(extra))
         await broker.start()
         try:
             ok = await run_drain(args, broker)
@@ -331,6 +344,10 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--linger", type=float, default=0.05)
     p.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    p.add_argument("--in-flight", type=int, default=64, help="the sink's in_flight")
+    p.add_argument(
+        "--receive-maximum", type=int, default=0, help="the broker's Receive Maximum (default: mosquitto's 20)"
+    )
     p.add_argument("--idle-runs", type=int, default=3)
     p.add_argument("--idle-seconds", type=float, default=5.0)
     p.add_argument("--state-dir", type=Path, default=None, help="where the outbox goes (default: a temp dir)")

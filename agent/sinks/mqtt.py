@@ -559,7 +559,6 @@ class MqttSink:
             tls=self._tls,
             timeout=self.timeout,
             keepalive=int(self._cfg.keepalive),
-            in_flight=self._cfg.in_flight,
         )
 
     def _went_up(self, conn: _Connected) -> None:
