@@ -32,8 +32,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
+import ssl
 import statistics
 import sys
 import tempfile
@@ -41,12 +43,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from drivers.modbus.sim import SimulatedMachine  # noqa: E402
-from tests.mosquitto import Mosquitto, Received, Subscriber, retained  # noqa: E402
+from tests.mosquitto import Mosquitto, Received, Subscriber, make_ca, retained  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 FAULT = 8  # holding register 10, bit 3
@@ -89,7 +92,7 @@ listen = ""
 id = "fleet"
 kind = "mqtt"
 url = "{url}"
-retry_max = "5s"
+{tls}retry_max = "5s"
 """
 
 
@@ -138,7 +141,14 @@ class Fleet:
             cfg = d / "agent.toml"
             state = d / "state"
             cfg.write_text(
-                CONFIG.format(gateway=self.gateway(i), site=self.site(i), state=state, port=m.port, url=self.broker.url)
+                CONFIG.format(
+                    gateway=self.gateway(i),
+                    site=self.site(i),
+                    state=state,
+                    port=m.port,
+                    url=self.broker.url,
+                    tls=f'ca_file = "{self.broker.tls.ca}"\n' if self.broker.tls else "",
+                )
             )
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -217,15 +227,23 @@ def pct(values: list[float], p: int) -> float:
 
 
 async def online(broker: Mosquitto, expect: Callable[[dict[str, object]], bool]) -> int:
-    statuses = await retained(broker, "andon/+/+/status")
+    statuses = await retained(broker, "andon/+/+/status", **client_tls(broker))
     return sum(1 for m in statuses if m.payload and expect(json.loads(m.payload)))
+
+
+def client_tls(broker: Mosquitto) -> dict[str, Any]:
+    """What the service application's client needs for this broker (TLS with the test CA, or nothing)."""
+    if broker.tls is None:
+        return {}
+    return {"tls_context": ssl.create_default_context(cafile=str(broker.tls.ca))}
 
 
 async def run(args: argparse.Namespace) -> int:
     print(f"load average before: {load()}  (2 CPUs; this machine is shared)")
     n = args.gateways
     with tempfile.TemporaryDirectory(prefix="andon-fleet-") as tmp:
-        broker = Mosquitto(Path(tmp) / "broker", extra=("max_queued_messages 0",))
+        tls = make_ca(Path(tmp) / "ca") if args.tls else None
+        broker = Mosquitto(Path(tmp) / "broker", tls=tls, extra=("max_queued_messages 0",))
         await broker.start()
         fleet = Fleet(n, broker, Path(tmp))
         try:
@@ -397,7 +415,7 @@ async def alert_view(fleet: Fleet, sub: Subscriber, args: argparse.Namespace, f:
     n, broker = fleet.n, fleet.broker
     await all_clear(fleet, sub, args.round_within)
     await round_trip(fleet, sub, True, args.round_within)
-    view = await retained(broker, "andon/+/+/alerts/#")
+    view = await retained(broker, "andon/+/+/alerts/#", **client_tls(broker))
     gateways = {json.loads(m.payload)["data"]["gateway"] for m in view}
     print(f"a subscriber joining on andon/+/+/alerts/# got {len(view)} retained alerts from {len(gateways)} gateways")
     f.ok &= len(view) == n and len(gateways) == n
@@ -406,7 +424,7 @@ async def alert_view(fleet: Fleet, sub: Subscriber, args: argparse.Namespace, f:
     before = len(events_of(sub, kind))
     await fleet.set_faults(half, False)
     await sub.until(lambda _: len(events_of(sub, kind)) - before >= len(half), args.round_within)
-    view = await retained(broker, "andon/+/+/alerts/#")
+    view = await retained(broker, "andon/+/+/alerts/#", **client_tls(broker))
     print(f"after {len(half)} of them cleared, a new subscriber gets {len(view)} (expected {n - len(half)})")
     f.ok &= len(view) == n - len(half)
 
@@ -414,7 +432,8 @@ async def alert_view(fleet: Fleet, sub: Subscriber, args: argparse.Namespace, f:
 async def measure(args: argparse.Namespace, fleet: Fleet) -> int:
     f = Figures(broker_empty=rss_mib(fleet.broker_pid))
     await fleet.start_machines()
-    async with Subscriber(fleet.broker, "andon/+/+/events/#", "andon/+/+/status") as sub:
+    topics = ("andon/+/+/events/#", "andon/+/+/status")
+    async with Subscriber(fleet.broker, *topics, **client_tls(fleet.broker)) as sub:
         await start(fleet, sub, args.start_within)
         await idle(fleet, args.idle, f)
         await rounds(fleet, sub, args)
@@ -436,11 +455,14 @@ async def measure(args: argparse.Namespace, fleet: Fleet) -> int:
 
 
 def main() -> int:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the simulated machines' servers: quiet when
+    # a starved agent gives up on a request and its reply finds the connection gone
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gateways", type=int, default=50)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--idle", type=float, default=20.0, help="seconds of idle measured")
     p.add_argument("--sustain", type=float, default=20.0, help="seconds of steady changes")
+    p.add_argument("--tls", action="store_true", help="mqtts:// with a test CA (the broker's TLS cost)")
     p.add_argument("--toggle", type=float, default=0.5, help="each machine changes every this many seconds")
     p.add_argument("--start-within", type=float, default=300.0)
     p.add_argument("--round-within", type=float, default=60.0)

@@ -278,17 +278,16 @@ class Subscriber:
         return [m for m in self.messages if m.topic.endswith(suffix)]
 
 
-async def retained(broker: Mosquitto, topic_filter: str, within: float = 10.0) -> list[Received]:
+async def retained(broker: Mosquitto, topic_filter: str, within: float = 10.0, **client: Any) -> list[Received]:
     """What a subscriber joining now gets under ``topic_filter``: the retained messages, all of them.
 
     A broker sends the retained messages while it handles the SUBSCRIBE, before it handles a later
     PUBLISH of the same client; so once our own marker message comes back, every retained message has.
     """
     marker = f"andon-test/marker/{id(topic_filter)}-{free_port()}"
-    async with Subscriber(broker, topic_filter, marker) as late:
-        client = late.client
-        assert client is not None
-        await client.publish(marker, b"end", qos=1)
+    async with Subscriber(broker, topic_filter, marker, **client) as late:
+        assert late.client is not None
+        await late.client.publish(marker, b"end", qos=1)
         await late.until(lambda ms: any(m.topic == marker for m in ms), within)
         return [m for m in late.messages if m.topic != marker]
 
