@@ -29,6 +29,7 @@ import contextlib
 import importlib.metadata
 import json
 import logging
+import random
 import ssl
 import string
 import time
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
-from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_random_exponential
 
 from agent.config.base import Duration, KeyProblem, read_secret
 from agent.errors import ConfigError, Rejected, RetryLater
@@ -66,6 +67,7 @@ GATEWAY_SUBJECT = "_gateway"
 ONLINE_FALSE = b'{"online": false}'
 STOP_WAIT = 2.0  # a clean stop: the offline status and the DISCONNECT take at most this long
 STABLE_AFTER = 10.0  # a connection that lasted this long was good: the next reconnect starts without backoff
+RECONNECT_SPREAD = 2.0  # after losing a good connection, reconnect after a random pause up to this
 PAYLOAD_FORMAT_INVALID = 0x99  # the one PUBACK refusal that is about the event, not the gateway's rights
 TOPIC_NAME_INVALID = 0x90
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -478,12 +480,21 @@ class MqttSink:
     # -- the connection -----------------------------------------------------------------------
 
     async def _keep_connected(self) -> None:
-        """Connect, and reconnect whenever the connection ends, until the clean stop."""
+        """Connect, and reconnect whenever the connection ends, until the clean stop.
+
+        Full jitter, so that a fleet does not come back at once: a connection that ended after being
+        stable is followed by a random pause of up to :data:`RECONNECT_SPREAD` (capped by
+        ``retry_max``), failed attempts by random pauses up to a cap that doubles to ``retry_max``.
+        """
+        first = True
         while not self._stopping.is_set():
+            if not first:
+                await self._sleep(random.uniform(0, min(RECONNECT_SPREAD, self._cfg.retry_max)))
+            first = False
             try:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception_type(Exception),  # whatever broke, the sink must come back
-                    wait=wait_exponential_jitter(multiplier=0.5, max=self._cfg.retry_max, jitter=1.0),
+                    wait=wait_random_exponential(multiplier=0.5, max=self._cfg.retry_max),
                     stop=lambda _: self._stopping.is_set(),
                     sleep=self._sleep,
                     before_sleep=self._before_sleep,
