@@ -5,7 +5,8 @@ tool-wear alerts on one press (raised, updated x3, cleared, over and over), so e
 alert event with retained state (the heaviest kind for this sink: two messages per event unless
 the batch coalesces its retained state). mosquitto runs with a generated config on a free port;
 ``mosquitto_sub`` subscribes to ``andon/+/+/events/#`` at QoS 1, and another process counts what it
-receives (distinct ids too). The bench process runs the agent's real delivery path: :class:`AsyncOutbox` (SQLite, WAL,
+receives (distinct ids too). The broker runs with ``set_tcp_nodelay true`` (``--nagle``: mosquitto's
+default, under which its 4-byte PUBACKs wait for Nagle's algorithm and the pipeline stalls). The bench process runs the agent's real delivery path: :class:`AsyncOutbox` (SQLite, WAL,
 every settle a synced transaction), :class:`Delivery` with the default batch size (500) and
 linger, and the :class:`MqttSink` (MQTT 5, every message acknowledged by PUBACK before its event
 counts) until the outbox is empty. It prints events/s and messages/s, the subscriber's count, the
@@ -315,6 +316,8 @@ async def amain(args: argparse.Namespace) -> bool:
     print(f"load average before: {load()}")
     with tempfile.TemporaryDirectory(prefix="andon-mosquitto-") as tmp:
         extra = ["max_queued_messages 0"]  # the counting subscriber must miss none
+        if not args.nagle:  # PUBACKs go out at once, not held by Nagle's algorithm until our ACK
+            extra.append("set_tcp_nodelay true")
         if args.receive_maximum:
             extra.append(f"max_inflight_messages {args.receive_maximum}")  # mosquitto's Receive Maximum (MQTT 5)
         broker = Mosquitto(Path(tmp), extra=tuple(extra))
@@ -345,6 +348,7 @@ def main() -> int:
     p.add_argument("--linger", type=float, default=0.05)
     p.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
     p.add_argument("--in-flight", type=int, default=64, help="the sink's in_flight")
+    p.add_argument("--nagle", action="store_true", help="the broker with mosquitto's default set_tcp_nodelay false")
     p.add_argument(
         "--receive-maximum", type=int, default=0, help="the broker's Receive Maximum (default: mosquitto's 20)"
     )
