@@ -2,16 +2,17 @@
 
 Drain: a child process writes ``--events`` real CloudEvents to a fresh outbox: the lifecycles of 8
 tool-wear alerts on one press (raised, updated x3, cleared, over and over), so every event is an
-alert event with retained state (the heaviest kind for this sink: two messages per event unless
-the batch coalesces its retained state). mosquitto runs with a generated config on a free port;
-``mosquitto_sub`` subscribes to ``andon/+/+/events/#`` at QoS 1, and another process counts what it
-receives (distinct ids too). The broker runs with ``set_tcp_nodelay true`` (``--nagle``: mosquitto's
-default, under which its 4-byte PUBACKs wait for Nagle's algorithm and the pipeline stalls). The bench process runs the agent's real delivery path: :class:`AsyncOutbox` (SQLite, WAL,
-every settle a synced transaction), :class:`Delivery` with the default batch size (500) and
-linger, and the :class:`MqttSink` (MQTT 5, every message acknowledged by PUBACK before its event
-counts) until the outbox is empty. It prints events/s and messages/s, the subscriber's count, the
-bench process's RSS at the start of the drain and its peak (sampled every 5 ms), against the budgets
-(>= 5,000 events/s; RSS growth < 20 MB). ``--protocol 3.1.1`` runs the same over MQTT 3.1.1.
+alert event with retained state (the heaviest kind for this sink). mosquitto runs with a generated
+config on a free port, with ``set_tcp_nodelay true`` (``--nagle``: mosquitto's default, under which
+its 4-byte PUBACKs wait for Nagle's algorithm and the pipeline stalls; ``--receive-maximum``: its
+``max_inflight_messages``, 20 by default). ``mosquitto_sub`` subscribes to ``andon/+/+/events/#`` at
+QoS 1, and another process counts what it receives (distinct ids too). The bench process runs the
+agent's real delivery path: :class:`AsyncOutbox` (SQLite, WAL, every settle a synced transaction),
+:class:`Delivery` with the default batch size (500) and linger, and the :class:`MqttSink` (MQTT 5,
+every message acknowledged by PUBACK before its event counts) until the outbox is empty. It prints
+events/s, CPU per event, the subscriber's count, the broker's CPU, the bench process's RSS at the
+start of the drain and its peak (sampled every 5 ms), against the budgets (>= 5,000 events/s; RSS
+growth < 20 MB). ``--protocol 3.1.1`` runs the same over MQTT 3.1.1.
 
 Idle cost: the real agent (``python -m agent run``) watching one simulated Modbus machine, idle for
 ``--idle-seconds``, with no sink and then with one ``mqtt`` sink connected to the broker; alternated
@@ -19,7 +20,8 @@ Idle cost: the real agent (``python -m agent run``) watching one simulated Modbu
 imported without an mqtt sink (they must not be). Exit status 0 when all budgets pass.
 
     .venv/bin/python bench/mqtt_drain.py
-    .venv/bin/python bench/mqtt_drain.py --events 100000 --protocol 3.1.1 --idle-runs 0
+    .venv/bin/python bench/mqtt_drain.py --nagle --idle-runs 0      # mosquitto's default TCP settings
+    .venv/bin/python bench/mqtt_drain.py --protocol 3.1.1 --idle-runs 0
 """
 
 from __future__ import annotations
