@@ -243,7 +243,8 @@ async def run(args: argparse.Namespace) -> int:
     n = args.gateways
     with tempfile.TemporaryDirectory(prefix="andon-fleet-") as tmp:
         tls = make_ca(Path(tmp) / "ca") if args.tls else None
-        broker = Mosquitto(Path(tmp) / "broker", tls=tls, extra=("max_queued_messages 0",))
+        extra = ("max_queued_messages 0", "set_tcp_nodelay true")  # as README recommends for mosquitto
+        broker = Mosquitto(Path(tmp) / "broker", tls=tls, extra=extra)
         await broker.start()
         fleet = Fleet(n, broker, Path(tmp))
         try:
