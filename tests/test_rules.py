@@ -507,3 +507,67 @@ def test_forecast_does_not_flap_at_the_horizon() -> None:
     for t, v in ramp(40, 0.05, 300):  # ends at 55 %: 800 s away, more than 1.2 x the horizon
         memo, gone = observe(rule, W, memo, sample(v, t), t)
     assert gone is not None and gone.severity is None
+
+
+# -- what a restart keeps (agent.rules.saved) ----------------------------------------------------
+
+
+def _roundtrip(rule: Any, state: RuleState, shift: float) -> RuleState:
+    """Save at monotonic 1000 / wall 5000, restore after a restart whose monotonic clock is ``shift`` behind."""
+    import json
+
+    from agent.rules.saved import restored_state, saved_state
+
+    saved = json.loads(json.dumps(saved_state(state, to_wall=4000.0)))  # what the outbox file holds
+    assert state.active is not None
+    return restored_state(rule, state.active, state.threshold, saved, to_mono=-4000.0 - shift)
+
+
+def test_a_forecast_keeps_its_window_across_a_restart() -> None:
+    rule = ForecastRule.model_validate(
+        {"id": "due", "machine": "m1", "signal": "wear", "kind": "forecast", "limit": 95, "horizon": "10m"}
+        | {"window": "5m"}
+    )
+    state = RuleState()
+    for t in range(0, 400, 10):
+        state, _ = evaluate(rule, state, sample(50 + 0.05 * t, t), float(t))
+    assert state.active is W
+    back = _roundtrip(rule, state, shift=500.0)
+    assert back.active is W and back.memo.last == state.memo.last
+    assert [(round(t + 500.0, 3), v) for t, v in back.memo.points] == list(state.memo.points)
+    # a restart 40 s later: the trend goes on, the alert neither clears nor is raised again
+    later, out = evaluate(rule, back, sample(50 + 0.05 * 430, 430), 430.0 - 500.0)
+    assert out == [] and later.active is W
+
+
+def test_a_stale_rule_keeps_its_last_change_and_a_chattering_alert_stays_held() -> None:
+    stale = StaleRule.model_validate(
+        {"id": "s", "machine": "m1", "signal": "wear", "kind": "stale", "after": "60s", "chatter_count": 0}
+    )
+    state = RuleState()
+    for t in (0.0, 30.0, 70.0):
+        state, _ = evaluate(stale, state, sample(7, t), t)
+    assert state.active is W
+    back = _roundtrip(stale, state, shift=100.0)
+    assert back.memo.changed_at == state.memo.changed_at - 100.0 and back.memo.value == 7
+    assert evaluate(stale, back, sample(7, 90), 90.0 - 100.0)[1] == []  # still stuck: no clear, no raise
+
+    door = fault(chatter_count=3, chatter_window="10m")
+    steps = [(0.0, 1), (5.0, 0), (10.0, 1), (15.0, 0), (20.0, 1)]
+    state = RuleState()
+    for t, v in steps:
+        state, _ = evaluate(door, state, sample(v, t), t)
+    assert state.chattering
+    back = _roundtrip(door, state, shift=0.0)
+    assert back.chattering and back.raises == state.raises
+    assert evaluate(door, back, sample(0, 30), 30.0)[1] == []  # normal again, but held: not cleared
+
+
+def test_a_saved_state_that_does_not_fit_is_ignored() -> None:
+    from agent.rules.saved import restored_state
+
+    plain = RuleState(active=W, threshold=80.0)
+    assert restored_state(threshold(), W, 80.0, None, 0.0) == plain
+    assert restored_state(threshold(), W, 80.0, {"raises": ["x"]}, 0.0) == plain  # damaged
+    broken = {"forecast": {"points": [[1.0]], "last": 2.0}}
+    assert restored_state(threshold(), W, 80.0, broken, 0.0) == plain  # not a forecast rule: memo ignored

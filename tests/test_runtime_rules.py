@@ -223,3 +223,100 @@ async def test_forecast_through_the_agent(
     assert raised["time"] == "2023-11-14T22:18:20.000Z"  # t0 + 300 s: the limit is then 600 s away
     assert raised["data"]["seconds_to_limit"] == 600 and raised["data"]["threshold"] == 95
     assert raised["data"]["message"].startswith("tool 1 on m1 reaches 95% in about 10 min (now 65%")
+
+
+# -- a restart keeps every active alert as it is (issue 12, defect 3) ----------------------------
+
+RESTART_SIGNALS = [
+    {"id": "wear", "address": 0, "unit": "%"},
+    {"id": "fault", "address": 1},
+    {"id": "fault_code", "address": 2},
+    {"id": "strokes", "address": 3},
+    {"id": "ramp", "address": 4, "unit": "%"},
+    {"id": "counter", "address": 5},
+    {"id": "door", "address": 6},
+]
+RESTART_RULES: list[dict[str, Any]] = [
+    {"id": "wear", "machine": "m1", "signal": "wear", "kind": "threshold", "warning": 80, "deadband": 5},
+    {"id": "fault", "machine": "m1", "signal": "fault", "kind": "fault"},
+    {"id": "code", "machine": "m1", "signal": "fault_code", "kind": "code"},
+    {"id": "punch", "machine": "m1", "signal": "strokes", "kind": "tool_life", "limit": 1000, "warning_remaining": 100},
+    {"id": "due", "machine": "m1", "signal": "ramp", "kind": "forecast", "limit": 95, "horizon": "10m", "window": "5m"},
+    {"id": "frozen", "machine": "m1", "signal": "counter", "kind": "stale", "after": "60s"},
+    # raised three times within a minute: chattering, held active although its condition is gone
+    {"id": "door", "machine": "m1", "signal": "door", "kind": "fault", "chatter_count": 3, "chatter_window": "20m"},
+]
+T0 = 1_700_000_000.0
+
+
+def readings(t: float, **over: Any) -> list[Sample]:
+    """One poll of every signal at simulated time ``t``: the forecast's ramp rises 0.05 %/s, the rest holds."""
+    values: dict[str, Any] = {"wear": 82.0, "fault": 1, "fault_code": 12, "strokes": 950, "counter": 7, "door": 0}
+    values |= {"ramp": 50 + 0.05 * t} | over
+    return [Sample("m1", s, v, Quality.GOOD, T0 + t) for s, v in values.items()]
+
+
+class SimClock:
+    """The agent's clock in simulated time; a new one per run (a restart: its monotonic clock starts anew)."""
+
+    def __init__(self, wall: float, monotonic: float) -> None:
+        self.wall, self.mono = wall, monotonic
+
+    def clock(self) -> Clock:
+        return Clock(wall=lambda: T0 + self.wall, monotonic=lambda: self.mono)
+
+    def to(self, t: float) -> None:
+        self.mono += t - self.wall
+        self.wall = t
+
+
+async def feed(agent: Agent, queue: asyncio.Queue[list[Sample]], sim: SimClock, times: range, **over: Any) -> None:
+    for t in times:
+        sim.to(float(t))
+        queue.put_nowait(readings(float(t), **over))
+        await queue.join()  # the runner has judged it (and committed what it raised)
+
+
+async def test_a_restart_neither_clears_nor_raises_again_an_active_alert_of_any_kind(
+    receiver: Receiver, make_config: Callable[..., Config], unused_tcp_port: int
+) -> None:
+    machine = machine_doc("m1", 1, RESTART_SIGNALS, offline_after="1h")
+    cfg = make_config(unused_tcp_port, receiver.url, machines=[machine], rules=RESTART_RULES, alerts={"flood_count": 0})
+    keys = {f"m1/{r['id']}" for r in RESTART_RULES}
+
+    queue: asyncio.Queue[list[Sample]] = asyncio.Queue()
+    sim = SimClock(0.0, 1000.0)
+    agent = Agent(cfg, driver_factory=fed(queue), clock=sim.clock())
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await agent.started.wait()
+        for t, door in ((0, 1), (5, 0), (10, 1), (15, 0), (20, 1)):  # the door chatters: held active
+            sim.to(float(t))
+            queue.put_nowait(readings(float(t), door=door))
+            await queue.join()
+        await feed(agent, queue, sim, range(30, 700, 10))  # the forecast raises at 300 s; it holds to 690 s
+        await receiver.wait_for(lambda ev: {e["subject"] for e in ev if e["type"].endswith("raised")} >= keys)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    before = len(receiver.events)
+    assert {e["subject"] for e in receiver.events if e["type"] == "andon.alert.raised"} == keys
+
+    # 40 s later the agent starts again on the same state_dir; its monotonic clock starts anew
+    queue = asyncio.Queue()
+    sim = SimClock(730.0, 3.0)
+    again = Agent(cfg, driver_factory=fed(queue), clock=sim.clock())
+    stop = asyncio.Event()
+    task = asyncio.create_task(again.run(stop))
+    try:
+        await again.started.wait()
+        await feed(again, queue, sim, range(730, 800, 10))  # the same readings (the ramp still rising)
+        assert again.alerts is not None and set(again.alerts.active) >= keys
+        queue.put_nowait(readings(800.0, fault_code=31))  # something new still goes out
+        await receiver.wait_for(lambda ev: len(of(ev, "m1/code", "updated")) == 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    after = [(e["subject"], e["type"].rsplit(".", 1)[1]) for e in receiver.events[before:]]
+    assert after == [("m1/code", "updated")], after  # nothing cleared, nothing raised again

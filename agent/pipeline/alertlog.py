@@ -145,6 +145,7 @@ class ActiveAlert:
     ack_by: str | None = None
     ack_at: float | None = None  # wall clock of the acknowledgement
     ack_note: str | None = None
+    rule_state: dict[str, Any] | None = None  # what the rule needs after a restart (agent.rules.saved)
 
     @property
     def acknowledged(self) -> bool:
@@ -161,6 +162,8 @@ class ActiveAlert:
         }
         if self.ack_at is not None:
             out |= {"ack_by": self.ack_by, "ack_at": self.ack_at, "ack_note": self.ack_note}
+        if self.rule_state:
+            out["rule"] = self.rule_state
         return out
 
     @classmethod
@@ -176,14 +179,27 @@ class ActiveAlert:
             ack_by=d.get("ack_by"),
             ack_at=d.get("ack_at"),
             ack_note=d.get("ack_note"),
+            rule_state=d.get("rule"),
         )
 
 
-def _next_state(prior: ActiveAlert | None, t: Transition) -> ActiveAlert:
+def _next_state(prior: ActiveAlert | None, t: Transition, rule_state: dict[str, Any] | None) -> ActiveAlert:
     """The alert's state after a raise or update. An update keeps the raise time, and keeps the
-    acknowledgement unless the severity rose (an escalation must be seen again)."""
+    acknowledgement unless the severity rose (an escalation must be seen again); ``rule_state``
+    replaces the rule's saved state (an update without one keeps it)."""
     kept = prior if prior is not None and t.kind is TransitionKind.UPDATED else None
-    state = ActiveAlert(t.key, t.severity, t.threshold, t.message, kept.since if kept else t.time, t.signal, t.value)
+    if rule_state is None and kept is not None:
+        rule_state = kept.rule_state
+    state = ActiveAlert(
+        t.key,
+        t.severity,
+        t.threshold,
+        t.message,
+        kept.since if kept else t.time,
+        t.signal,
+        t.value,
+        rule_state=rule_state,
+    )
     if kept is not None and kept.acknowledged and t.severity <= kept.severity:
         state = dataclasses.replace(state, ack_by=kept.ack_by, ack_at=kept.ack_at, ack_note=kept.ack_note)
     return state
@@ -365,8 +381,31 @@ class AlertLog:
             (event,) = await self._emit([draft], {key: acked.to_json()}, acknowledged)
         return event
 
-    async def commit(self, transitions: Sequence[Transition]) -> list[StoredEvent]:
+    async def save_rule_states(self, rule_states: Mapping[str, dict[str, Any]]) -> None:
+        """Keep new saved rule states with alerts that are still active (no event; one synced
+        transaction). For a forecast's window, which changes while its alert stays active; the
+        caller bounds the rate. :class:`~agent.errors.OutboxError`: nothing changed."""
+        async with self._lock:
+            saved = {
+                key: dataclasses.replace(alert, rule_state=rule_states[key])
+                for key, alert in self.active.items()
+                if key in rule_states
+            }
+            if not saved:
+                return
+
+            def kept(_: list[StoredEvent]) -> None:
+                self.active = {**self.active, **saved}
+
+            await self._emit([], {key: a.to_json() for key, a in saved.items()}, kept)
+
+    async def commit(
+        self, transitions: Sequence[Transition], rule_states: Mapping[str, dict[str, Any]] | None = None
+    ) -> list[StoredEvent]:
         """Commit the transitions' events and alert state in one synced transaction.
+
+        ``rule_states``: per alert key, what its rule needs after a restart (agent.rules.saved),
+        kept with the state of the alerts raised or updated here.
 
         Raises :class:`~agent.errors.OutboxError` when the disk refuses; nothing then counts as
         emitted and the caller keeps its old rule state, so the transition is tried again. If the
@@ -386,7 +425,7 @@ class AlertLog:
                     active.pop(t.key, None)
                     changes[t.key] = None
                 else:
-                    active[t.key] = _next_state(active.get(t.key), t)
+                    active[t.key] = _next_state(active.get(t.key), t, (rule_states or {}).get(t.key))
                     changes[t.key] = active[t.key].to_json()
 
             def committed(events: list[StoredEvent]) -> None:

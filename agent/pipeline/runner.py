@@ -20,14 +20,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from agent.config.base import MachineBase
-from agent.config.rules import AlarmsRule, Rule, SignalRule, StaleRule
+from agent.config.rules import AlarmsRule, ForecastRule, Rule, SignalRule, StaleRule
 from agent.config.sections import AlertsSection
 from agent.errors import AndonError, ConnectionLost, OutboxError
 from agent.model import ConditionEvent, Quality, Sample, Severity, Transition, TransitionKind
@@ -36,6 +36,7 @@ from agent.pipeline.alertlog import AlertLog, rfc3339
 from agent.rules import RuleState, evaluate, tick
 from agent.rules.alarms import AlarmsState, alarms_tick, on_events, restore
 from agent.rules.flood import FLOOD, FloodState, admit, flood_tick, forgotten
+from agent.rules.saved import restored_state, saved_state
 from agent.rules.unreadable import UNREADABLE, BlindState, judge, observe
 from drivers.base import AlarmDriver, Driver, PushDriver
 
@@ -43,6 +44,7 @@ log = logging.getLogger("andon.runtime")
 
 OFFLINE = "offline"
 STABLE_SESSION = 10.0  # seconds a connection must have worked before a loss reconnects at once
+SAVE_EVERY = 60.0  # seconds between saves of active forecasts' windows (one small synced write each)
 _GOOD = Quality.GOOD
 
 
@@ -118,9 +120,12 @@ class MachineRunner:
         self._last: dict[str, Sample] = {}  # the last good sample per signal, judged again on each tick
         self._fresh: set[str] = set()  # signals a poll evaluated since the last tick
         self.states: dict[str, RuleState] = {}
+        self._by_id = {r.id: r for r in self.rules}
+        to_mono = clock.monotonic() - clock.wall()
         for r in signal_rules:
             a = alerts.active.get(f"{machine.id}/{r.id}")
-            self.states[r.id] = RuleState(active=a.severity, threshold=a.threshold) if a else RuleState()
+            self.states[r.id] = restored_state(r, a.severity, a.threshold, a.rule_state, to_mono) if a else RuleState()
+        self._saved_at = clock.monotonic()  # when the forecasts' windows were last saved with their alerts
         active = {key: a.severity for key, a in alerts.active.items()}
         self.alarm_states: dict[str, AlarmsState] = {r.id: restore(r, active) for r in self.alarm_rules}
         self._had_good = False  # the current session gave a good read
@@ -258,7 +263,7 @@ class MachineRunner:
             for rule in self.alarm_rules:
                 new[rule.id], ts = on_events(rule, new[rule.id], events, now)
                 transitions += ts
-            if await self._admit(transitions, now, ticked=False):
+            if await self._admit(transitions, now, ticked=False, states=self.states):
                 self.alarm_states = new
 
     async def _evaluate(self, samples: Sequence[Sample], now: float, *, ticked: bool, alarms: bool = False) -> None:
@@ -272,9 +277,11 @@ class MachineRunner:
             for rule in self.alarm_rules:
                 new_alarms[rule.id], ts = alarms_tick(rule, new_alarms[rule.id], now, self._clock.wall())
                 transitions += ts
-        if await self._admit(transitions, now, ticked=ticked):
+        if await self._admit(transitions, now, ticked=ticked, states=new_states):
             self.states = new_states
             self.alarm_states = new_alarms
+            if now - self._saved_at >= SAVE_EVERY:
+                await self._save_windows(now)
 
     def _judge(
         self, samples: Sequence[Sample], now: float, ticked: bool, new_states: dict[str, RuleState]
@@ -298,7 +305,9 @@ class MachineRunner:
                 transitions += ts
         return transitions
 
-    async def _admit(self, transitions: list[Transition], now: float, *, ticked: bool) -> bool:
+    async def _admit(
+        self, transitions: list[Transition], now: float, *, ticked: bool, states: Mapping[str, RuleState]
+    ) -> bool:
         """Pass transitions through the flood gate (on a tick, let its clock run) and commit what it lets
         through. False when the outbox refused: the caller keeps its old states, so they come again."""
         flood, out = admit(self._flood_cfg, self.machine.id, self._flood, transitions, now)
@@ -308,13 +317,36 @@ class MachineRunner:
             out += more
         if out:
             try:
-                await self._alerts.commit(out)
+                await self._alerts.commit(out, self._saved(states, out))
             except OutboxError as exc:  # keep the old states: the same transitions come again
                 self._commit.fail(exc, "alerts are held back until the outbox accepts them")
                 return False
             self._commit.ok()
         self._flood = flood
         return True
+
+    def _saved(self, states: Mapping[str, RuleState], out: Sequence[Transition]) -> dict[str, dict[str, Any]]:
+        """What each raised or updated alert of a signal rule keeps for a restart (agent.rules.saved)."""
+        to_wall = self._clock.wall() - self._clock.monotonic()
+        return {
+            t.key: saved_state(states[t.rule], to_wall)
+            for t in out
+            if t.kind is not TransitionKind.CLEARED and t.part is None and t.rule in states
+        }
+
+    async def _save_windows(self, now: float) -> None:
+        """Keep the windows of active forecasts with their alerts (at most once per :data:`SAVE_EVERY`),
+        so that after a restart the trend goes on instead of clearing for want of history."""
+        self._saved_at = now
+        to_wall = self._clock.wall() - now
+        windows = {
+            f"{self.machine.id}/{rule_id}": saved_state(state, to_wall)
+            for rule_id, state in self.states.items()
+            if state.active is not None and isinstance(self._by_id[rule_id], ForecastRule)
+        }
+        if windows:
+            with contextlib.suppress(OutboxError):  # the full disk is reported by the commits; next time
+                await self._alerts.save_rule_states(windows)
 
     async def _tick_rules(self) -> None:
         """Every poll_interval, judge again the last good value of each signal no poll brought since.

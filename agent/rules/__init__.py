@@ -111,7 +111,8 @@ def _action(kind: str, severity: Severity) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RuleState:
-    """What a rule remembers between samples. Only ``active`` and ``threshold`` survive a restart.
+    """What a rule remembers between samples. ``active`` and ``threshold`` survive a restart, and
+    what :mod:`agent.rules.saved` keeps (a forecast's window, a stale rule's last change, chattering).
 
     Immutable and bounded: ``raises`` holds at most ``chatter_count`` times, ``memo`` is the
     kind's own bounded memory (a forecast's history, a stale rule's last change).
