@@ -282,6 +282,30 @@ async def test_reload_starts_and_changes_machines_and_keeps_alert_state(
     assert sorted(raised) == ["a/a-fault", "a/a-wear", "b/b-wear"]
 
 
+async def test_reload_applies_changed_alerts_settings_to_unchanged_machines(
+    tmp_path: Path, machine: SimulatedMachine, receiver: Receiver
+) -> None:
+    def config(flood_count: int) -> str:
+        text = agent_toml(tmp_path / "s", machine.port, receiver.url, machines=["a"])
+        return text + f'[alerts]\nflood_count = {flood_count}\nflood_window = "1m"\n'
+
+    path = write(tmp_path / "agent.toml", config(0))  # floods are not summarised
+    await machine.set("holding", 0, [0])
+    await machine.set("holding", 10, [0])
+    async with running(load_config(path), config_path=path) as agent:
+        await machine.wait_requests(2)
+        write(path, config(1))  # only [alerts] changes: the machine itself is the same
+        agent.reload_done.clear()
+        agent.request_reload()
+        await agent.reload_done.wait()
+        assert agent.reloads == 1 and agent.cfg.alerts.flood_count == 1
+        await machine.set("holding", 0, [90])
+        await machine.set("holding", 10, [0b1000])  # a second raise: a flood at flood_count = 1
+        await receiver.wait_for(lambda ev: any(e["subject"] == "a/flood" for e in ev))
+    raised = [e["subject"] for e in receiver.events if e["type"] == "andon.alert.raised"]
+    assert raised[0] in ("a/a-wear", "a/a-fault") and "a/flood" in raised
+
+
 # -- the unit file and the image -----------------------------------------------------------------
 
 

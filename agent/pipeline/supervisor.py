@@ -372,23 +372,29 @@ class Agent:
 
     async def _stop_changed(self, old: Config, new: Config, new_secrets: dict[str, Secrets]) -> None:
         """Stop the sinks and machines that the new config changes or drops (the changed ones restart
-        afterwards; a machine's active alerts come back from the outbox)."""
+        afterwards; a machine's active alerts and its rules' saved states come back from the outbox).
+        Changed ``[alerts]`` (flood handling, every machine's) restart every machine."""
         new_sinks = {s.id: s for s in new.sinks}
         for sink_id, running in list(self._sinks.items()):
             if new_sinks.get(sink_id) != running.config or new_secrets.get(sink_id) != running.secrets:
                 await self._stop_sink_task(running)
                 await running.stack.aclose()
                 del self._sinks[sink_id]
-        assert self.outbox is not None
 
         def rules_of(cfg: Config, machine_id: str) -> list[Rule]:
             return [r for r in cfg.rules if r.machine == machine_id]
 
+        if old.alerts != new.alerts:
+            log.info("reload: [alerts] changed: every machine restarts with it (a flood in progress is forgotten)")
         new_machines = {m.id: m for m in new.machines}
-        for machine_id, (runner, _) in list(self._machines.items()):
-            kept = new_machines.get(machine_id)
-            if kept != runner.machine or rules_of(new, machine_id) != rules_of(old, machine_id):
-                await self._stop_machine(machine_id)
+        stopping = [
+            machine_id
+            for machine_id, (runner, _) in self._machines.items()
+            if new_machines.get(machine_id) != runner.machine
+            or rules_of(new, machine_id) != rules_of(old, machine_id)
+            or old.alerts != new.alerts
+        ]
+        await self._stop_machines(stopping)
 
 
 def make_delivery(
