@@ -77,7 +77,10 @@ async def test_code_and_tool_life_through_the_agent(
     assert warned["message"].startswith("punch 3 on m1 has 50 strokes of tool life left")
     assert of(receiver.events, "m1/punch", "updated")[0]["data"]["remaining"] == 0
     assert of(receiver.events, "m1/punch", "cleared")[0]["data"]["remaining"] == 997
-    assert len(receiver.events) == 6
+    (changed,) = [e for e in receiver.events if e["type"] == "andon.tool.changed"]  # the usage fold's event
+    assert changed["subject"] == "m1/punch"
+    assert (changed["data"]["life_used"], changed["data"]["limit"], changed["data"]["life_fraction"]) == (1000, 1000, 1)
+    assert len(receiver.events) == 7
 
 
 class FedDriver:

@@ -9,6 +9,7 @@
     send_test.py  andon-agent send-test   one andon.test event through the outbox; each sink's verdict
     status.py     andon-agent status      the running agent's /status as a table
     discover.py   andon-agent discover    browse an OPC UA server, write a config to edit
+    report.py     andon-agent report      what the maker learns, from the local history
 
 Adding a command: write ``agent/cli/<command>.py`` with ``add_parser(sub)`` (adds and returns its
 subparser) and ``run(args) -> int`` (the exit status), and add the module to :data:`COMMANDS`.
@@ -23,12 +24,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from agent.cli import check, demo, discover, outbox, run, send_test, status
+from agent.cli import check, demo, discover, outbox, report, run, send_test, status
 from agent.cli.common import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Command
 
 __all__ = ["COMMANDS", "EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "main"]
 
-COMMANDS: tuple[Command, ...] = (run, check, discover, demo, outbox, send_test, status)
+COMMANDS: tuple[Command, ...] = (run, check, discover, demo, outbox, send_test, status, report)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -63,6 +63,7 @@ from agent.config.sections import (
     LightConfig,
     OutboxSection,
     StatusSection,
+    UsageSection,
 )
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ __all__ = [
     "StrictModel",
     "ThresholdRule",
     "ToolLifeRule",
+    "UsageSection",
     "ValueKind",
     "load_config",
     "parse_config",

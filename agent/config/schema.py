@@ -18,7 +18,7 @@ from pydantic import Field
 
 from agent.config.base import MachineBase, StrictModel
 from agent.config.rules import RESERVED_RULE_IDS, AlarmsRule, Rule, StaleRule
-from agent.config.sections import AgentSection, AlertsSection, LightConfig, OutboxSection, StatusSection
+from agent.config.sections import AgentSection, AlertsSection, LightConfig, OutboxSection, StatusSection, UsageSection
 from agent.sinks.base import Origin, SinkConfigBase
 from agent.sinks.registry import SINKS, sink_plugin
 from drivers.registry import PROTOCOLS
@@ -44,6 +44,7 @@ class Config(StrictModel):
     alerts: AlertsSection = AlertsSection()
     status: StatusSection = StatusSection()
     outbox: OutboxSection = OutboxSection()
+    usage: UsageSection = UsageSection()
     sinks: list[AnySink] = Field(default_factory=list)
     lights: list[LightConfig] = Field(default_factory=list)
 

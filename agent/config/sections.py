@@ -1,4 +1,4 @@
-"""The config's own sections: ``[agent]``, ``[alerts]``, ``[status]``, ``[outbox]`` and ``[[lights]]``."""
+"""The config's own sections: ``[agent]``, ``[alerts]``, ``[status]``, ``[outbox]``, ``[usage]`` and ``[[lights]]``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,34 @@ class OutboxSection(StrictModel):
     max_dead_letters: int = Field(default=10_000, ge=1)  # the oldest dead letters go beyond this
     batch_size: int = Field(default=500, ge=1, le=10_000)  # events per request (halved after a 413)
     linger: Duration = Field(default=0.05, le=60)  # a partial batch waits this long after the last request
+
+
+DAY = 86400.0
+
+
+class UsageSection(StrictModel):
+    """What the maker learns (README, "What the maker learns"): tool changes and usage summaries."""
+
+    enabled: bool = True  # false: nothing is collected and nothing is sent
+    send: bool = True  # false: collected for `andon-agent report` and the board only; no event is sent
+    summary_every: Duration = Field(default=DAY, ge=1)  # the period of andon.usage.summary, aligned to UTC midnight
+    keep: Duration = Field(default=90 * DAY, gt=0)  # the local history `report` reads
+
+    @field_validator("summary_every")
+    @classmethod
+    def _check_every(cls, every: float) -> float:
+        if not every.is_integer() or (DAY % every and every % DAY):
+            raise ValueError(
+                f"must divide a day or be whole days, so that periods start at UTC midnight (got {every:g} s; "
+                'e.g. "1h", "8h", "24h", "7d")'
+            )
+        return every
+
+    @model_validator(mode="after")
+    def _check_keep(self) -> UsageSection:
+        if self.keep < self.summary_every:
+            raise KeyProblem("keep", "must be at least one summary_every: the history holds whole periods")
+        return self
 
 
 class Lamp(StrictModel):

@@ -28,7 +28,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.model import Severity, StoredEvent, Transition, TransitionKind
-from agent.pipeline.outbox import AsyncOutbox, Draft, DropReport, finished, succeeded
+from agent.pipeline.outbox import AsyncOutbox, Draft, DropReport, Write, finished, succeeded
+from agent.pipeline.usage import ToolChanged
+from agent.pipeline.usagelog import UsageLog, UsageStep
 
 log = logging.getLogger("andon.alerts")
 
@@ -222,8 +224,10 @@ class AlertLog:
         site: str | None,
         on_commit: Sequence[Callable[[], None]] = (),
         observers: Sequence[Observer] = (),
+        usage: UsageLog | None = None,
     ) -> None:
         self._outbox = outbox
+        self.usage = usage  # the usage fold ([usage] enabled): it commits with the transitions
         self._gateway = gateway
         self._site = site
         self._on_commit = list(on_commit)
@@ -235,6 +239,8 @@ class AlertLog:
         """Read the active alerts from the outbox (call once after opening it)."""
         stored = await self._outbox.call(self._outbox.sync.alerts)
         self.active = {k: ActiveAlert.from_json(k, v) for k, v in stored.items()}
+        if self.usage is not None:
+            self.usage.load(await self._outbox.call(self._outbox.sync.read, "SELECT machine, state FROM usage_state"))
 
     def _draft(
         self,
@@ -259,6 +265,7 @@ class AlertLog:
         changes: Mapping[str, dict[str, Any] | None],
         then: Callable[[list[StoredEvent]], None],
         reported_drops: int = 0,
+        also: Write | None = None,
     ) -> list[StoredEvent]:
         """Commit on the worker thread (the caller holds the lock); ``then`` applies the outcome here.
 
@@ -266,7 +273,7 @@ class AlertLog:
         job always runs to its end), and only then does the cancellation go on: what is in memory
         follows what the disk holds. On :class:`~agent.errors.OutboxError` it does not run.
         """
-        job = self._outbox.submit(self._outbox.sync.emit, drafts, changes, reported_drops)
+        job = self._outbox.submit(self._outbox.sync.emit, drafts, changes, reported_drops, also)
         try:
             events = await finished(job)
         except asyncio.CancelledError:
@@ -400,19 +407,24 @@ class AlertLog:
             await self._emit([], {key: a.to_json() for key, a in saved.items()}, kept)
 
     async def commit(
-        self, transitions: Sequence[Transition], rule_states: Mapping[str, dict[str, Any]] | None = None
+        self,
+        transitions: Sequence[Transition],
+        rule_states: Mapping[str, dict[str, Any]] | None = None,
+        tools: Sequence[tuple[str, ToolChanged]] = (),
     ) -> list[StoredEvent]:
         """Commit the transitions' events and alert state in one synced transaction.
 
         ``rule_states``: per alert key, what its rule needs after a restart (agent.rules.saved),
-        kept with the state of the alerts raised or updated here.
-
+        kept with the state of the alerts raised or updated here. With the usage fold, the same
+        transaction holds its new state, the ``andon.tool.changed`` events of ``tools``
+        (``(machine, tool change)`` pairs a rule saw) and the summaries of periods the transitions
+        closed; their events follow the transitions' (returned after them).
         Raises :class:`~agent.errors.OutboxError` when the disk refuses; nothing then counts as
         emitted and the caller keeps its old rule state, so the transition is tried again. If the
         caller is cancelled meanwhile, :attr:`active` still follows what the disk holds (the
         observers see the events too), and then the cancellation goes on.
         """
-        if not transitions:
+        if not transitions and not tools:
             return []
         async with self._lock:
             drafts: list[Draft] = []
@@ -427,16 +439,49 @@ class AlertLog:
                 else:
                     active[t.key] = _next_state(active.get(t.key), t, (rule_states or {}).get(t.key))
                     changes[t.key] = active[t.key].to_json()
+            usage = self.usage.observe(transitions, tools) if self.usage is not None else None
+            drafts += self._usage_drafts(usage)
 
             def committed(events: list[StoredEvent]) -> None:
                 self.active = active
-                for t, e in zip(transitions, events, strict=True):
+                for t, e in zip(transitions, events, strict=False):
                     log.info("event seq=%d %s %s %s: %s", e.seq, t.kind.value, t.key, t.severity.label, t.message)
                     for observe in self._observers:
                         observe(t, e)
-                self._wake()
+                self._usage_committed(usage, events[len(transitions) :])
 
-            return await self._emit(drafts, changes, committed)
+            return await self._emit(drafts, changes, committed, also=usage.write if usage is not None else None)
+
+    def _usage_drafts(self, step: UsageStep | None) -> list[Draft]:
+        if step is None:
+            return []
+        return [self._event_draft(r.type, r.subject, r.data, Severity.INFO, r.time) for r in step.events]
+
+    def _usage_committed(self, step: UsageStep | None, events: Sequence[StoredEvent]) -> None:
+        """The usage step is on disk: the fold's states follow; log its events and wake the deliveries."""
+        if step is not None and self.usage is not None:
+            self.usage.apply(step)
+        for e in events:
+            log.info("event seq=%d %s %s", e.seq, e.type, e.subject)
+        self._wake()
+
+    async def commit_usage(self, make: Callable[[UsageLog], UsageStep]) -> list[StoredEvent]:
+        """Commit what the usage fold does without a transition: ``make(usage)`` gives the step (the
+        clock's :meth:`~agent.pipeline.usagelog.UsageLog.seen`, at start, on reload and at a stop too).
+
+        Its state rows and events (the summaries of the periods that ended) are one synced
+        transaction; :class:`~agent.errors.OutboxError`: nothing changed. Nothing without the fold.
+        """
+        usage = self.usage
+        if usage is None:
+            return []
+        async with self._lock:
+            step = make(usage)
+            if not step.states:
+                return []
+            return await self._emit(
+                self._usage_drafts(step), {}, lambda events: self._usage_committed(step, events), also=step.write
+            )
 
     def _alert_body(self, t: Transition, seq: int, event_id: str) -> dict[str, Any]:
         return cloudevent(t, seq=seq, event_id=event_id, gateway=self._gateway, site=self._site)

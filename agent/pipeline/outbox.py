@@ -14,6 +14,10 @@ transaction that stores the event (so it can never be reused); a new file starts
 time in milliseconds so it keeps increasing even if a damaged file
 had to be set aside.
 
+The same file holds the usage fold's state and its local history (``usage_state``,
+``usage_periods``, ``usage_tool_changes``): :mod:`agent.pipeline.usagelog` writes them inside the
+transactions that commit the alert transitions they come from (``emit(..., also=...)``).
+
 Bounds. The queue holds at most ``max_events`` events and ``max_bytes`` bytes of event bodies; a
 commit that would pass either drops the oldest non-critical events first (critical ones only when
 nothing else is left), in the same transaction. Drops are counted (in total, and "not yet reported"
@@ -67,6 +71,7 @@ from agent.sinks.routing import described
 log = logging.getLogger("andon.outbox")
 
 Draft = Callable[[int], StoredEvent]  # builds an event once the outbox has given it its seq
+Write = Callable[[sqlite3.Connection], None]  # more rows written inside a commit's transaction
 
 DEFAULT_MAX_EVENTS = 100_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # event bodies; see README "Outbox and delivery" for why
@@ -100,6 +105,21 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sink_alerts (sink TEXT NOT NULL, alert TEXT NOT NULL, PRIMARY KEY (sink, alert));
+CREATE TABLE IF NOT EXISTS usage_state (machine TEXT PRIMARY KEY, clock REAL NOT NULL, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS usage_periods (
+    machine TEXT NOT NULL,
+    period_start REAL NOT NULL,
+    period_end REAL NOT NULL,
+    summary TEXT NOT NULL,
+    PRIMARY KEY (machine, period_start)
+);
+CREATE TABLE IF NOT EXISTS usage_tool_changes (
+    machine TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    time REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_tool_changes_time ON usage_tool_changes (time);
 """
 
 # meta keys: the seq counter, the drop tally, and the drops not yet reported upstream
@@ -399,28 +419,35 @@ class Outbox:
         drafts: Sequence[Draft],
         alerts: Mapping[str, dict[str, Any] | None],
         reported_drops: int = 0,
+        also: Write | None = None,
     ) -> list[StoredEvent]:
         """Like :meth:`append`, but the outbox numbers the events, inside the same transaction.
 
         Each draft is called with the event's ``seq`` (the next after :meth:`last_seq` as the file
         has it) and returns the event. So ``seq`` comes from the file's own counter in the
         transaction that stores it: a caller that was cancelled, or failed, can never reuse one.
-        Returns the committed events.
+        Returns the committed events. ``also`` writes more rows in the same transaction (the usage
+        fold's state and history, :mod:`agent.pipeline.usagelog`).
         """
-        return self._commit(lambda last: [draft(last + n) for n, draft in enumerate(drafts, 1)], alerts, reported_drops)
+        return self._commit(
+            lambda last: [draft(last + n) for n, draft in enumerate(drafts, 1)], alerts, reported_drops, also
+        )
 
     def _commit(
         self,
         build: Callable[[int], list[StoredEvent]],
         alerts: Mapping[str, dict[str, Any] | None],
         reported_drops: int,
+        also: Write | None = None,
     ) -> list[StoredEvent]:
-        """One transaction: ``build(last_seq)`` gives the events; they, the alert state and the drops."""
+        """One transaction: ``build(last_seq)`` gives the events; they, the alert state, the drops and ``also``."""
         events: list[StoredEvent] = []
         dropped: list[tuple[int, int, int]] = []
 
         def work(db: sqlite3.Connection) -> None:
             events.extend(build(self._scalar("SELECT value FROM meta WHERE key = 'last_seq'")))
+            if also is not None:
+                also(db)
             db.executemany(
                 "INSERT INTO events (seq, id, severity, body, type, subject, machine) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(e.seq, e.id, int(e.severity), e.body, e.type, e.subject, e.machine) for e in map(described, events)],
@@ -520,6 +547,14 @@ class Outbox:
         )
 
     # -- reading and settling ----------------------------------------------------------------
+
+    def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one query (a read on the worker thread; damage is handled as for every read)."""
+        return self._read(sql, args)
+
+    def write(self, work: Write) -> None:
+        """One synced transaction of other rows than events: ``work`` runs inside it."""
+        self._transaction(work)
 
     def alerts(self) -> dict[str, dict[str, Any]]:
         return {k: json.loads(v) for k, v in self._read("SELECT key, state FROM alerts")}

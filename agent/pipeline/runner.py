@@ -33,7 +33,8 @@ from agent.errors import AndonError, ConnectionLost, OutboxError
 from agent.model import ConditionEvent, Quality, Sample, Severity, Transition, TransitionKind
 from agent.ops.logs import Trouble
 from agent.pipeline.alertlog import AlertLog, rfc3339
-from agent.rules import RuleState, evaluate, tick
+from agent.pipeline.usage import ToolChanged
+from agent.rules import RuleState, evaluate, tick, tool_change
 from agent.rules.alarms import AlarmsState, alarms_tick, on_events, restore
 from agent.rules.flood import FLOOD, FloodState, admit, flood_tick, forgotten
 from agent.rules.saved import restored_state, saved_state
@@ -270,14 +271,14 @@ class MachineRunner:
         """Judge good samples (fresh ones, or on a tick the last ones again; with ``alarms`` the
         alarm rules' conditions too); commit what the flood gate passes."""
         new_states = dict(self.states)
-        transitions = self._judge(samples, now, ticked, new_states)
+        transitions, tools = self._judge(samples, now, ticked, new_states)
         new_alarms = self.alarm_states
         if alarms and self.alarm_rules:
             new_alarms = dict(new_alarms)
             for rule in self.alarm_rules:
                 new_alarms[rule.id], ts = alarms_tick(rule, new_alarms[rule.id], now, self._clock.wall())
                 transitions += ts
-        if await self._admit(transitions, now, ticked=ticked, states=new_states):
+        if await self._admit(transitions, now, ticked=ticked, states=new_states, tools=tools):
             self.states = new_states
             self.alarm_states = new_alarms
             if now - self._saved_at >= SAVE_EVERY:
@@ -285,9 +286,11 @@ class MachineRunner:
 
     def _judge(
         self, samples: Sequence[Sample], now: float, ticked: bool, new_states: dict[str, RuleState]
-    ) -> list[Transition]:
-        """The signal rules' transitions for these samples; their new states go into ``new_states``."""
+    ) -> tuple[list[Transition], list[tuple[str, ToolChanged]]]:
+        """The signal rules' transitions for these samples, and the tool changes they saw (for the usage
+        fold); their new states go into ``new_states``."""
         transitions: list[Transition] = []
+        tools: list[tuple[str, ToolChanged]] = []  # tool changes the rules saw (for the usage fold)
         by_signal, fresh = self._by_signal, self._fresh
         for sample in samples:
             rules = by_signal.get(sample.signal)
@@ -298,26 +301,38 @@ class MachineRunner:
                 fresh.add(sample.signal)
             for rule in rules:
                 unit = self._units.get(rule.signal, "")
+                before = new_states[rule.id]
                 if ticked:
-                    new_states[rule.id], ts = tick(rule, new_states[rule.id], sample, now, self._clock.wall(), unit)
+                    new_states[rule.id], ts = tick(rule, before, sample, now, self._clock.wall(), unit)
                 else:
-                    new_states[rule.id], ts = evaluate(rule, new_states[rule.id], sample, now, unit)
+                    new_states[rule.id], ts = evaluate(rule, before, sample, now, unit)
                 transitions += ts
-        return transitions
+                memo = new_states[rule.id].memo
+                if memo is not before.memo and (change := tool_change(before.memo, memo)) is not None:
+                    tool = rule.name or rule.signal
+                    tools.append((self.machine.id, ToolChanged(change.time, rule.id, tool, change.used, change.limit)))
+        return transitions, tools
 
     async def _admit(
-        self, transitions: list[Transition], now: float, *, ticked: bool, states: Mapping[str, RuleState]
+        self,
+        transitions: list[Transition],
+        now: float,
+        *,
+        ticked: bool,
+        states: Mapping[str, RuleState],
+        tools: Sequence[tuple[str, ToolChanged]] = (),
     ) -> bool:
         """Pass transitions through the flood gate (on a tick, let its clock run) and commit what it lets
-        through. False when the outbox refused: the caller keeps its old states, so they come again."""
+        through, with the tool changes the rules saw (for the usage fold). False when the outbox
+        refused: the caller keeps its old states, so they come again."""
         flood, out = admit(self._flood_cfg, self.machine.id, self._flood, transitions, now)
         if ticked:
             upstream = {key: a.severity for key, a in self._alerts.active.items()}
             flood, more = flood_tick(self._flood_cfg, self.machine.id, flood, now, self._clock.wall(), upstream)
             out += more
-        if out:
+        if out or tools:
             try:
-                await self._alerts.commit(out, self._saved(states, out))
+                await self._alerts.commit(out, self._saved(states, out), tools)
             except OutboxError as exc:  # keep the old states: the same transitions come again
                 self._commit.fail(exc, "alerts are held back until the outbox accepts them")
                 return False

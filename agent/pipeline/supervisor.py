@@ -43,6 +43,7 @@ from agent.pipeline.snapshot import take_snapshot
 from agent.pipeline.statelock import StateLock
 from agent.pipeline.surface import BoardFeed, Surface, ack_token
 from agent.pipeline.upkeep import Upkeep
+from agent.pipeline.usagelog import UsageLog, run_clock, tool_rules
 from agent.rules.flood import FLOOD
 from agent.rules.unreadable import UNREADABLE
 from agent.sinks.base import Origin, Secrets, Sink, SinkConfigBase
@@ -141,6 +142,7 @@ class Agent:
                 log.info("stopping: last delivery attempt (at most %gs), then closing", STOP_BUDGET)
                 deadline = asyncio.get_running_loop().time() + STOP_BUDGET
                 await self._stop_machines(list(self._machines))
+                await self._usage_seen()
                 in_flight = deadline - STOP_BUDGET / 2 - asyncio.get_running_loop().time()
                 sinks = list(self._sinks.values())
                 answered = await asyncio.gather(*(self._stop_sink_task(s, in_flight) for s in sinks))
@@ -162,17 +164,21 @@ class Agent:
             stack.push_async_callback(shared.aclose)
             self._driver_factory = shared
         self.outbox = outbox = await stack.enter_async_context(self._make_outbox(cfg))
+        usage = UsageLog(cfg.usage, _tool_rules(cfg)) if cfg.usage.enabled else None
         self.alerts = AlertLog(
             outbox,
             gateway=cfg.agent.gateway_id,
             site=cfg.agent.site,
             on_commit=[self._wake_deliveries, self.surface.changed],
             observers=[self.history.observe, *self._observers],
+            usage=usage,
         )
         await self.alerts.load()
         self.history.seed(self.alerts.active.values())
-        self._upkeep = Upkeep(outbox, self.alerts, wall=self.clock.wall, on_done=self._wake_deliveries)
-        self._upkeep.want([s.id for s in cfg.sinks], _known_alerts(cfg))
+        self._upkeep = Upkeep(
+            outbox, self.alerts, wall=self.clock.wall, on_done=self._wake_deliveries, usage_keep=cfg.usage.keep
+        )
+        self._upkeep.want([s.id for s in cfg.sinks], _known_alerts(cfg), _tool_rules(cfg))
         await self._upkeep.apply()  # refused (a full disk): said once, tried again in the background
         alerts = self.alerts
         self.surface.follow(lambda: list(alerts.active.values()))
@@ -194,6 +200,10 @@ class Agent:
         if self.surface.lights is not None:
             self._surface_tasks.append(self._tg.create_task(self.surface.lights.run(), name="lights"))
         await self._start_control(stack, cfg.agent.state_dir / SOCKET)
+        alerts = self.alerts
+        if alerts is not None and alerts.usage is not None:
+            clock = run_clock(alerts.usage, alerts.commit_usage, self.clock.wall, lambda: list(alerts.active))
+            self._surface_tasks.append(self._tg.create_task(clock, name="usage"))
         watchdog = self._tg.create_task(self._notifier.watchdog(), name="watchdog")
         log.info(
             "agent %s started: %d machine(s), %d rule(s), %d sink(s), %d event(s) waiting in the outbox%s",
@@ -266,6 +276,18 @@ class Agent:
         seconds = {str(k): float(v) for k, v in timeouts.items()}
         seq, verdicts = await send_test(self.alerts, self.outbox, deliveries, seconds, by=" via the running agent")
         return {"seq": seq, "verdicts": [v.to_json() for v in verdicts]}
+
+    async def _usage_seen(self) -> None:
+        """A clean stop: the usage fold watched the machines until now."""
+        alerts = self.alerts
+        if alerts is None:
+            return
+        try:
+            await alerts.commit_usage(lambda u: u.seen(self.clock.wall(), list(alerts.active)))
+        except OutboxError as exc:
+            log.warning(
+                "usage: the stop could not be stored (%s): the time since the last mark counts as not watched", exc
+            )
 
     def _make_outbox(self, cfg: Config) -> AsyncOutbox:
         return AsyncOutbox(
@@ -342,15 +364,21 @@ class Agent:
             return
         self._notifier.send(RELOADING="1", STATUS="reloading the config")
         old = self.cfg
-        for section in ("agent", "outbox", "status", "lights"):
+        for section in ("agent", "outbox", "status", "lights", "usage"):
             if getattr(old, section) != getattr(new, section):
                 log.warning("reload: changes to [%s] take effect after a restart", section)
-        restart_only = {"agent": old.agent, "outbox": old.outbox, "status": old.status, "lights": old.lights}
+        restart_only = {
+            "agent": old.agent,
+            "outbox": old.outbox,
+            "status": old.status,
+            "lights": old.lights,
+            "usage": old.usage,
+        }
         new = new.model_copy(update=restart_only)
         new_secrets = {s.id: secret for s, secret in zip(new.sinks, secrets, strict=True)}
         await self._stop_changed(old, new, new_secrets)
         self.cfg = new
-        self._upkeep.want([s.id for s in new.sinks], _known_alerts(new))
+        self._upkeep.want([s.id for s in new.sinks], _known_alerts(new), _tool_rules(new))
         await self._upkeep.apply()
         for sink_cfg in new.sinks:
             if sink_cfg.id not in self._sinks:
@@ -423,6 +451,11 @@ class _RunningSink:
     delivery: Delivery
     stack: contextlib.AsyncExitStack  # leaving it closes the sink
     task: asyncio.Task[None]
+
+
+def _tool_rules(cfg: Config) -> dict[str, dict[str, str]]:
+    """Each machine's tool rules, for the usage fold."""
+    return tool_rules((m.id for m in cfg.machines), cfg.rules)
 
 
 def _known_alerts(cfg: Config) -> set[str]:

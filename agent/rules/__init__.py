@@ -20,18 +20,20 @@ from typing import Any
 
 from agent.config.rules import LifecycleBase, SignalRule
 from agent.model import Sample, Severity, Transition, TransitionKind
-from agent.rules.kinds import Condition, human_duration, observe
+from agent.rules.kinds import Condition, ToolChange, human_duration, observe, tool_change
 
 __all__ = [
     "DEFAULT_MESSAGES",
     "Condition",
     "Emit",
     "RuleState",
+    "ToolChange",
     "evaluate",
     "lifecycle",
     "render_message",
     "template_fields",
     "tick",
+    "tool_change",
 ]
 
 R, U, C = TransitionKind.RAISED, TransitionKind.UPDATED, TransitionKind.CLEARED

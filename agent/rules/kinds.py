@@ -120,7 +120,46 @@ def _code(rule: CodeRule, value: Value) -> Condition | None:
     )
 
 
+# -- tool changes: what tool_life and forecast rules see besides their verdict ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChange:
+    """A tool change one sample showed: a tool_life counter fell back, or a forecast's signal dropped
+    by more than ``change_drop``. ``used`` and ``limit`` are in the signal's units (``used`` None: the
+    old tool's life is not known); ``time`` is the sample's wall clock."""
+
+    used: float | None
+    limit: float | None
+    time: float
+
+
 # -- tool_life: a counter against the tool's life -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToolMemo:
+    last: float | None = None  # the counter's last value
+    new_at: float | None = None  # counting down: the counter when the tool was new (None: not seen)
+    change: ToolChange | None = None  # the change the latest sample showed
+
+
+def _tool_memo(rule: ToolLifeRule, memo: Any, value: float, wall: float) -> ToolMemo:
+    """The counter's memory after ``value``: a counter falling back (counting down: jumping up) is a
+    tool change. The same memo when nothing changed (no allocation per sample)."""
+    m = memo if isinstance(memo, ToolMemo) else ToolMemo()
+    if m.last == value and m.change is None:
+        return m
+    if m.last is None:
+        return ToolMemo(value, None, None)
+    if rule.direction == "up":
+        if value < m.last:
+            return ToolMemo(value, None, ToolChange(m.last, rule.end, wall))
+        return ToolMemo(value, None, None)
+    if value > m.last:  # counting down: a new tool starts high again
+        used, life = (m.new_at - m.last, m.new_at - rule.end) if m.new_at is not None else (None, None)
+        return ToolMemo(value, value, ToolChange(used, life, wall))
+    return ToolMemo(value, m.new_at, None)
 
 
 def _tool_life(rule: ToolLifeRule, value: float) -> Condition:
@@ -144,6 +183,7 @@ def _tool_life(rule: ToolLifeRule, value: float) -> Condition:
 class ForecastMemo:
     points: tuple[tuple[float, float], ...] = ()  # (monotonic time, value), oldest first, bounded
     last: float | None = None  # the last value seen (a fall from it is a tool change)
+    change: ToolChange | None = None  # the tool change the latest sample showed
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,9 +214,9 @@ def fit(points: tuple[tuple[float, float], ...], now: float) -> Fit | None:
     return Fit(slope, min(r2, 1.0), vm + slope * (now - tm), n)
 
 
-def _remember(rule: ForecastRule, memo: ForecastMemo, value: float, now: float) -> ForecastMemo:
+def _remember(rule: ForecastRule, memo: ForecastMemo, value: float, now: float, wall: float) -> ForecastMemo:
     if memo.last is not None and value < memo.last - rule.drop:  # the tool was changed: start again
-        return ForecastMemo(((now, value),), value)
+        return ForecastMemo(((now, value),), value, ToolChange(memo.last, rule.limit, wall))
     kept = tuple(p for p in memo.points if now - p[0] <= rule.window)
     spacing = rule.window / FORECAST_MAX_POINTS
     if len(kept) >= 2 and now - kept[-2][0] < spacing:
@@ -185,9 +225,9 @@ def _remember(rule: ForecastRule, memo: ForecastMemo, value: float, now: float) 
 
 
 def _forecast(
-    rule: ForecastRule, active: Severity | None, memo: Any, value: float, now: float
+    rule: ForecastRule, active: Severity | None, memo: Any, value: float, now: float, wall: float
 ) -> tuple[ForecastMemo, Condition]:
-    memo = _remember(rule, memo if isinstance(memo, ForecastMemo) else ForecastMemo(), value, now)
+    memo = _remember(rule, memo if isinstance(memo, ForecastMemo) else ForecastMemo(), value, now, wall)
     normal = Condition(None, rule.limit, fields={"limit": rule.limit, "eta": "not within the horizon"})
     pts = memo.points
     if len(pts) < rule.min_points or pts[-1][0] - pts[0][0] < rule.window / 2:
@@ -262,7 +302,10 @@ def _stale(rule: StaleRule, memo: Any, sample: Sample, now: float) -> tuple[Stal
 def observe(
     rule: SignalRule, active: Severity | None, memo: Any, sample: Sample, now: float
 ) -> tuple[Any, Condition | None]:
-    """The kind's verdict on a good sample, and its new memory. None: the value cannot be judged."""
+    """The kind's verdict on a good sample, and its new memory. None: the value cannot be judged.
+
+    A new memory of a tool_life or forecast rule may carry the :class:`ToolChange` this sample
+    showed (see :func:`tool_change`)."""
     value = sample.value
     assert value is not None
     if isinstance(rule, StaleRule):
@@ -277,7 +320,18 @@ def observe(
     if isinstance(rule, ThresholdRule):
         return memo, _threshold(rule, active, number)
     if isinstance(rule, ToolLifeRule):
-        return memo, _tool_life(rule, number)
+        return _tool_memo(rule, memo, number, sample.time), _tool_life(rule, number)
     if isinstance(rule, ForecastRule):
-        return _forecast(rule, active, memo, number, now)
+        return _forecast(rule, active, memo, number, now, sample.time)
     raise TypeError(f"unknown rule kind: {rule!r}")  # pragma: no cover - config forbids it
+
+
+def tool_change(before: Any, after: Any) -> ToolChange | None:
+    """The tool change an evaluation saw, given the kind's memory before and after it (None: none).
+
+    Only a new memory can hold one: a bad sample, or a tick that judges the same value again, keeps
+    the memory and so never reports a change twice."""
+    if after is before:
+        return None
+    change = getattr(after, "change", None)
+    return change if isinstance(change, ToolChange) else None
