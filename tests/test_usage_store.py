@@ -223,7 +223,10 @@ def test_combine_adds_up_periods() -> None:
 
 
 def test_tool_changes_without_a_known_life() -> None:
-    changes = [{"rule": "r", "tool": "t", "life_fraction": None}, {"rule": "r", "tool": "t", "life_fraction": 0.9}]
+    changes: list[dict[str, Any]] = [
+        {"rule": "r", "tool": "t", "life_fraction": None},
+        {"rule": "r", "tool": "t", "life_fraction": 0.9},
+    ]
     assert tool_changes(changes) == {
         "r": {"tool": "t", "count": 2, "mean_life_fraction": 0.9, "min_life_fraction": 0.9}
     }
