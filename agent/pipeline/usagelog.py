@@ -43,15 +43,15 @@ from agent.pipeline.usage import (
     Seen,
     Summary,
     ToolChanged,
-    ToolEvent,
     Watch,
     fold,
     from_json,
     period_start,
     start,
+    summary_data,
     to_json,
+    tool_event_data,
 )
-from agent.rules.kinds import human_duration
 
 log = logging.getLogger("andon.usage")
 
@@ -142,39 +142,6 @@ def changed(t: Transition) -> Changed:
         elif t.extra.get("kind") == "code" and isinstance(t.extra.get("code"), int):
             code, text = t.extra["code"], str(t.extra.get("code_text", ""))
     return Changed(t.time, t.key, t.kind, code, text)
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h"
-
-
-def summary_data(s: Summary) -> dict[str, Any]:
-    """``data`` of an ``andon.usage.summary`` event (and of its row in ``usage_periods``)."""
-    d = s.data()
-    raised = sum(a["raised"] for a in d["alerts"].values())
-    faults = sum(c["count"] for c in d["codes"].values())
-    changes = sum(t["count"] for t in d["tool_changes"].values())
-    message = (
-        f"{s.machine} from {d['period_start']} to {d['period_end']}: online {_hours(d['online_seconds'])}, "
-        f"offline {_hours(d['offline_seconds'])}, not watched {_hours(d['unobserved_seconds'])}; "
-        f"{raised} alert(s) raised, {faults} fault code(s), {changes} tool change(s)"
-    )
-    return d | {"severity": "info", "message": message}
-
-
-def tool_event_data(e: ToolEvent, signal: str | None = None) -> dict[str, Any]:
-    """``data`` of an ``andon.tool.changed`` event (and of its row in ``usage_tool_changes``)."""
-    d: dict[str, Any] = {**e.data(), "signal": signal}
-    life = "of unknown life" if e.fraction is None else f"at {e.fraction:.0%} of its life"
-    if e.used is not None and e.limit is not None and e.fraction is not None:
-        life += f" ({e.used:g} of {e.limit:g})"
-    service = "" if e.in_service is None else f" after {human_duration(e.in_service).removeprefix('about ')} in service"
-    if e.warned is None:
-        warned = "with no warning before"
-    else:
-        warned = f"{human_duration(e.warned).removeprefix('about ')} after the first warning"
-    d |= {"severity": "info", "message": f"{e.tool} on {e.machine} was changed {life}{service}, {warned}"}
-    return d
 
 
 class UsageLog:

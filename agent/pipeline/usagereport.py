@@ -26,8 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.pipeline.usage import from_json, so_far
-from agent.pipeline.usagelog import summary_data
+from agent.pipeline.usage import from_json, so_far, summary_data
 
 SECONDS = ("online_seconds", "offline_seconds", "unobserved_seconds")
 
