@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from agent.cli import main
 from agent.config import Config
 from agent.demo.receiver import Receiver
+from agent.pipeline.outbox import Outbox
 from drivers.modbus.sim import SimulatedMachine
 from tests.conftest import machine_doc
 from tests.fake_services import FakeNtfy
@@ -192,3 +194,24 @@ async def test_switched_off_sends_nothing(
         assert rows == [0, 0, 0]  # nothing collected
     else:
         assert rows[0] == 1 and rows[1] >= 1 and rows[2] == 1  # collected for `report`, not sent
+
+
+async def test_the_upkeep_prunes_old_history_also_with_usage_off(
+    machine: SimulatedMachine, receiver: Receiver, make_config: Callable[..., Config]
+) -> None:
+    """History collected before usage was switched off is deleted once it is older than keep."""
+    cfg = usage_config(make_config, machine.port, receiver.url, enabled=False, keep="1d")
+    outbox = Outbox(cfg.agent.state_dir / "outbox.db")
+    outbox.open()
+    now = time.time()
+    outbox.db.executemany(
+        "INSERT INTO usage_tool_changes (machine, rule, time, data) VALUES ('m1', 'punch', ?, '{}')",
+        [(now - 2 * 86400,), (now - 3600,)],
+    )
+    outbox.close()
+    async with running(cfg):
+        pass
+    db = sqlite3.connect(cfg.agent.state_dir / "outbox.db")
+    kept = [r[0] for r in db.execute("SELECT time FROM usage_tool_changes")]
+    db.close()
+    assert kept == [now - 3600]

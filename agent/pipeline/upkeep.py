@@ -120,7 +120,7 @@ class Upkeep:
         alerts, now = self._alerts, self._wall()
         if alerts.usage is not None:
             alerts.usage.configure(self._machines)
-            await alerts.commit_usage(lambda u: u.seen(now, list(alerts.active)))
+            await alerts.commit_usage(lambda u: u.seen(now, list(alerts.active), prune=True))
         elif self._keep is not None:
             keep = self._keep
             await self._outbox.call(self._outbox.sync.write, lambda db: prune(db, now - keep))

@@ -16,7 +16,8 @@ changes and the clock (:data:`HEARTBEAT`, and each period's end): never per samp
 Tables (in the outbox's file): ``usage_state`` (machine, clock, the fold state as JSON),
 ``usage_periods`` (each closed period's summary, exactly the event's data without ``seq``,
 ``gateway`` and ``site``), ``usage_tool_changes`` (each tool change's data). The history is pruned
-to ``[usage] keep`` whenever a period closes, and when the agent starts.
+to ``[usage] keep`` whenever a period closes, and by the outbox's upkeep
+(:mod:`agent.pipeline.upkeep`: at start and after a reload, also with the fold off).
 """
 
 from __future__ import annotations
@@ -177,11 +178,11 @@ class UsageLog:
         next :meth:`seen` starts watching the new ones and stops watching those no longer there."""
         self._machines = {m: dict(rules) for m, rules in machines.items()}
 
-    def seen(self, now: float, active: Iterable[str] = ()) -> UsageStep:
+    def seen(self, now: float, active: Iterable[str] = (), *, prune: bool = False) -> UsageStep:
         """The clock: every watched machine was watched up to ``now`` (this closes the periods that
         ended). A configured machine not watched yet starts (the time since its last observation was
         not watched; ``active``: the alert keys active now, as the alert log has them); a machine no
-        longer configured is no longer watched."""
+        longer configured is no longer watched. ``prune``: the history older than ``keep`` goes too."""
         keys = list(active)
         per: dict[str, list[Observation]] = {}
         for machine, rules in self._machines.items():
@@ -194,6 +195,8 @@ class UsageLog:
             per[machine] = [Seen(now)]
         step = self._step(per)
         step.watched = frozenset(self._machines)
+        if prune:
+            step.prune_before = now - self.params.keep
         return step
 
     def _step(self, per: Mapping[str, Sequence[Observation]]) -> UsageStep:
