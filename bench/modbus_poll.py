@@ -4,6 +4,7 @@
     .venv/bin/python bench/modbus_poll.py --seconds 120 --signals 1000 --poll-ms 1000
     .venv/bin/python bench/modbus_poll.py --packed         # the same signals without gaps: fewer requests
     .venv/bin/python bench/modbus_poll.py --seconds 20 --profile 30   # where the CPU goes
+    .venv/bin/python bench/modbus_poll.py --usage off      # without the usage fold ([usage] enabled = false)
 
 The simulated machine (a real pymodbus TCP server, :class:`drivers.modbus.sim.SimulatedMachine`)
 runs in a child process and counts the requests it receives. This process runs the real
@@ -140,6 +141,7 @@ async def measure(args: argparse.Namespace, proc: subprocess.Popen[str], port: i
             ],
             "rules": rules,
             "status": {"listen": None},
+            "usage": {"enabled": args.usage == "on"},
         }
     )
     machine = cfg.machines[0]
@@ -224,6 +226,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--packed", action="store_true", help="signals without gaps (fewer requests per poll)")
     parser.add_argument(
+        "--usage", choices=["on", "off"], default="on", help="the usage fold ([usage] enabled; default on)"
+    )
+    parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="print the N functions using most CPU (it inflates CPU)"
     )
     parser.add_argument("--registers", type=int, default=2000, help=argparse.SUPPRESS)
@@ -255,7 +260,7 @@ def main() -> int:
         f"peak RSS < {RSS_BUDGET:g} MB": rss_mb < RSS_BUDGET,
         "every sample good": result["good"],
     }
-    print(f"signals            {args.signals} (holding/input/coil), poll every {args.poll_ms} ms")
+    print(f"signals            {args.signals} (holding/input/coil), poll every {args.poll_ms} ms, usage {args.usage}")
     print(f"planner minimum    {len(plan)} requests per poll ({', '.join(f'{t} {n}' for t, n in tables.items())})")
     print(f"requests per poll  {per_poll:.3f} ({requests} requests / {result['polls']} polls, counted by the server)")
     print(f"measured           {result['polls']} polls in {result['wall']:.1f} s")

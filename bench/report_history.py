@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,30 +49,39 @@ TOOLS = {"tool1-life": ("tool 1", 50_000.0), "tool2-life": ("tool 2", 20_000.0),
 CODES = {12: "Spindle overload", 31: "Coolant low", 47: "Door opened while running", 58: "Air pressure low"}
 R, C = TransitionKind.RAISED, TransitionKind.CLEARED
 
-Step = tuple[float, str, object]  # (time, what, details)
+
+@dataclass(frozen=True)
+class Step:
+    """Something that happens at ``time``: an alert's transition, a tool change, the clock, a restart."""
+
+    time: float
+    machine: str = ""
+    rule: str = ""
+    change: TransitionKind | None = None  # an alert transition
+    extra: dict[str, object] = field(default_factory=dict)
+    used: float | None = None  # a tool change: the life used ...
+    limit: float | None = None  # ... of this life
+    down: float | None = None  # a restart: the agent is down this long
+    clock: bool = False
 
 
-def tr(machine: str, rule: str, change: TransitionKind, t: float, **extra: object) -> Transition:
+def tr(machine: str, rule: str, change: TransitionKind, t: float, extra: dict[str, object]) -> Transition:
     return Transition(
         machine, rule, None, change, Severity.WARNING, 0, None, f"{machine}/{rule} {change.value}", t, extra
     )
 
 
-def machine_life(rng: random.Random, machine: str, start: float, end: float) -> list[Step]:
-    """One machine's simulated days: (time, kind, what) steps, unordered."""
+def machine_life(rng: random.Random, m: str, start: float, end: float) -> list[Step]:
+    """One machine's simulated days, unordered."""
     steps: list[Step] = []
     for rule, (_, life) in TOOLS.items():
         t = start + rng.uniform(0, 8 * H)
         while t < end:
             fraction = min(1.0, max(0.3, rng.gauss(0.9, 0.1)))
-            service = rng.uniform(4, 14) * H * fraction
-            change = t + service
+            change = t + rng.uniform(4, 14) * H * fraction
             if fraction > 0.8 and rng.random() < 0.9:  # warned before the change
-                steps += [
-                    (change - rng.uniform(0.2, 1.5) * H, "alert", (rule, R, {})),
-                    (change + 1, "alert", (rule, C, {})),
-                ]
-            steps.append((change, "tool", (rule, fraction * life, life)))
+                steps += [Step(change - rng.uniform(0.2, 1.5) * H, m, rule, R), Step(change + 1, m, rule, C)]
+            steps.append(Step(change, m, rule, used=fraction * life, limit=life))
             t = change
     t = start
     while True:
@@ -79,17 +89,14 @@ def machine_life(rng: random.Random, machine: str, start: float, end: float) -> 
         if t >= end:
             break
         code = rng.choices(list(CODES), weights=[5, 3, 1, 1])[0]
-        extra = {"kind": "code", "code": code, "code_text": CODES[code]}
-        steps += [
-            (t, "alert", ("fault-code", R, extra)),
-            (t + rng.expovariate(1 / 300), "alert", ("fault-code", C, {})),
-        ]
+        extra: dict[str, object] = {"kind": "code", "code": code, "code_text": CODES[code]}
+        steps += [Step(t, m, "fault-code", R, extra), Step(t + rng.expovariate(1 / 300), m, "fault-code", C)]
     t = start
     while True:
         t += rng.expovariate(1 / (2 * DAY))  # an offline spell every two days
         if t >= end:
             break
-        steps += [(t, "alert", ("offline", R, {})), (t + rng.uniform(120, 3600), "alert", ("offline", C, {}))]
+        steps += [Step(t, m, "offline", R), Step(t + rng.uniform(120, 3600), m, "offline", C)]
     return steps
 
 
@@ -99,36 +106,31 @@ async def fill(path: Path, machines: list[str], days: float, seed: int) -> int:
     end = time.time()
     start = end - days * DAY
     config = {m: {rule: "counter" for rule in TOOLS} for m in machines}
-    steps: list[tuple[float, str, str, object]] = []
-    for m in machines:
-        steps += [(t, m, kind, what) for t, kind, what in machine_life(rng, m, start, end)]
-    restarts = sorted(start + rng.uniform(0, days) * DAY for _ in range(int(days / 10)))
-    steps += [(t, "", "restart", rng.uniform(60, 1800)) for t in restarts]
-    steps += [(t, "", "clock", None) for t in (start + k * H for k in range(1, int(days * 24)))]
-    steps.sort(key=lambda s: s[0])
+    steps = [step for m in machines for step in machine_life(rng, m, start, end)]
+    steps += [Step(start + rng.uniform(0, days) * DAY, down=rng.uniform(60, 1800)) for _ in range(int(days / 10))]
+    steps += [Step(start + k * H, clock=True) for k in range(1, int(days * 24))]
+    steps.sort(key=lambda s: s.time)
     async with AsyncOutbox(Outbox(path, max_events=1_000_000, max_bytes=2**30)) as ob:
         ob.sync.db.execute("PRAGMA synchronous=OFF")  # the generator only: fill fast
         await ob.call(ob.sync.set_sinks, ["upstream"])
         commits = 0
         log = await _start(ob, config, start)
         down_until = 0.0
-        for t, machine, kind, what in steps:
-            if t < down_until:
+        for s in steps:
+            if s.time < down_until:
                 continue  # the agent is down: nothing is observed
-            if kind == "restart":
-                assert isinstance(what, float)
-                down_until = t + what
+            if s.down is not None:
+                down_until = s.time + s.down
                 log = await _start(ob, config, down_until)
-            elif kind == "clock":
-                await _clock(log, t)
-            elif kind == "tool":
-                rule, used, limit = what  # type: ignore[misc]
-                await log.commit([], [(machine, ToolChanged(t, rule, TOOLS[rule][0], used, limit))])
+            elif s.clock:
+                await _clock(log, s.time)
+            elif s.change is None:
+                change = ToolChanged(s.time, s.rule, TOOLS[s.rule][0], s.used, s.limit)
+                await log.commit([], [(s.machine, change)])
+            elif (f"{s.machine}/{s.rule}" in log.active) != (s.change is C):
+                continue  # a clear of an alert that was not raised (it fell into a restart)
             else:
-                rule, change, extra = what  # type: ignore[misc]
-                if (f"{machine}/{rule}" in log.active) != (change is C):
-                    continue  # a clear of an alert that was not raised (it fell into a restart)
-                await log.commit([tr(machine, rule, change, t, **extra)])
+                await log.commit([tr(s.machine, s.rule, s.change, s.time, s.extra)])
             commits += 1
         await _clock(log, end)
         await ob.call(ob.sync.settle, "upstream", ob.sync.last_seq())  # delivered: the queue is empty
