@@ -157,7 +157,7 @@ async def run_demo(*, speed: float = 1.0, duration: float | None = None) -> None
             cfg = demo_config(base, port=machine.port, url=receiver.url, state_dir=Path(tmp), board=board, speed=speed)
             _introduce(board, token, machine, receiver, speed)
 
-            def committed(t: Transition, e: StoredEvent) -> None:
+            def committed(t: Transition | None, e: StoredEvent) -> None:
                 print(_line("committed", json.loads(e.body)), flush=True)
 
             stop = asyncio.Event()
@@ -169,7 +169,7 @@ async def run_demo(*, speed: float = 1.0, duration: float | None = None) -> None
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop.set)
             try:
-                await Agent(cfg, observers=[committed]).run(stop)
+                await Agent(cfg, observers=[committed], usage_observers=[lambda e: committed(None, e)]).run(stop)
             finally:
                 story.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

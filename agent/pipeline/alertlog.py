@@ -211,6 +211,7 @@ ACKNOWLEDGED_TYPE = "andon.alert.acknowledged"
 
 
 Observer = Callable[[Transition, StoredEvent], None]
+EventObserver = Callable[[StoredEvent], None]  # told of each committed usage event (no transition)
 
 
 class AlertLog:
@@ -225,6 +226,7 @@ class AlertLog:
         on_commit: Sequence[Callable[[], None]] = (),
         observers: Sequence[Observer] = (),
         usage: UsageLog | None = None,
+        usage_observers: Sequence[EventObserver] = (),
     ) -> None:
         self._outbox = outbox
         self.usage = usage  # the usage fold ([usage] enabled): it commits with the transitions
@@ -232,6 +234,7 @@ class AlertLog:
         self._site = site
         self._on_commit = list(on_commit)
         self._observers = list(observers)
+        self._usage_observers = list(usage_observers)
         self._lock = asyncio.Lock()
         self.active: dict[str, ActiveAlert] = {}
 
@@ -463,6 +466,8 @@ class AlertLog:
             self.usage.apply(step)
         for e in events:
             log.info("event seq=%d %s %s", e.seq, e.type, e.subject)
+            for observe in self._usage_observers:
+                observe(e)
         self._wake()
 
     async def commit_usage(self, make: Callable[[UsageLog], UsageStep]) -> list[StoredEvent]:

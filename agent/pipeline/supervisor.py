@@ -34,7 +34,7 @@ from agent.ops.board.history import AlertHistory
 from agent.ops.control import SOCKET, ControlServer
 from agent.ops.notify import Notifier
 from agent.ops.snapshot import Snapshot
-from agent.pipeline.alertlog import AlertLog, Observer
+from agent.pipeline.alertlog import AlertLog, EventObserver, Observer
 from agent.pipeline.delivery import Delivery
 from agent.pipeline.outbox import AsyncOutbox, Outbox
 from agent.pipeline.runner import OFFLINE, Clock, Machine, MachineRunner
@@ -75,6 +75,7 @@ class Agent:
         config_path: Path | None = None,
         clock: Clock | None = None,
         observers: Sequence[Observer] = (),
+        usage_observers: Sequence[EventObserver] = (),
         driver_factory: Callable[[Machine], Driver] | None = None,
         notifier: Notifier | None = None,
     ) -> None:
@@ -83,6 +84,7 @@ class Agent:
         self.started_at = self.clock.monotonic()
         self._config_path = config_path
         self._observers = list(observers)
+        self._usage_observers = list(usage_observers)
         self._driver_factory = driver_factory
         self._notifier = notifier or Notifier(None)
         self._machines: dict[str, tuple[MachineRunner, asyncio.Task[None]]] = {}
@@ -172,6 +174,7 @@ class Agent:
             on_commit=[self._wake_deliveries, self.surface.changed],
             observers=[self.history.observe, *self._observers],
             usage=usage,
+            usage_observers=self._usage_observers,
         )
         await self.alerts.load()
         self.history.seed(self.alerts.active.values())
