@@ -126,7 +126,7 @@ async def fill(path: Path, machines: list[str], days: float, seed: int) -> int:
                 await _clock(log, s.time)
             elif s.change is None:
                 change = ToolChanged(s.time, s.rule, TOOLS[s.rule][0], s.used, s.limit)
-                await log.commit([], [(s.machine, change)])
+                await log.commit([], tools=[(s.machine, change)])
             elif (f"{s.machine}/{s.rule}" in log.active) != (s.change is C):
                 continue  # a clear of an alert that was not raised (it fell into a restart)
             else:

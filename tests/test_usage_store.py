@@ -61,7 +61,7 @@ async def test_usage_events_commit_with_the_transitions_and_the_state(outbox: As
     log = await open_log(outbox, T0 + H)
     change = ToolChanged(T0 + 3 * H, "punch", "punch 3", 800.0, 1000.0)
     events = await log.commit([tr(TransitionKind.CLEARED, "punch", T0 + 3 * H)], tools=[("m1", change)])
-    assert [e.type for e in events] == ["", TOOL_CHANGED]  # the alert's event, then the tool change
+    assert [e.type for e in events] == ["andon.alert.cleared", TOOL_CHANGED]  # the alert's event, then the tool change
     (tool,) = bodies(outbox, TOOL_CHANGED)
     assert tool["subject"] == "m1/punch"
     assert tool["data"]["life_fraction"] == 0.8 and tool["data"]["signal"] == "strokes"
