@@ -18,7 +18,7 @@ from agent.model import Severity, Transition, TransitionKind
 from agent.pipeline.alertlog import AlertLog
 from agent.pipeline.outbox import AsyncOutbox, Outbox
 from agent.pipeline.usage import DAY, ToolChanged
-from agent.pipeline.usagelog import TOOL_CHANGED, USAGE_SUMMARY, UsageLog
+from agent.pipeline.usagelog import TOOL_CHANGED, USAGE_SUMMARY, UsageLog, changed
 from agent.pipeline.usagereport import combine, tool_changes, usage_report
 
 T0 = 1_714_521_600.0  # 2024-05-01T00:00:00Z
@@ -231,3 +231,35 @@ def test_tool_changes_without_a_known_life() -> None:
         "r": {"tool": "t", "count": 2, "mean_life_fraction": 0.9, "min_life_fraction": 0.9}
     }
     assert tool_changes(changes[:1])["r"]["mean_life_fraction"] is None
+
+
+@pytest.mark.parametrize(
+    ("t", "code", "text"),
+    [
+        (tr(TransitionKind.RAISED, "fc", T0, kind="code", code=12, code_text="Overload"), 12, "Overload"),
+        (tr(TransitionKind.UPDATED, "fc", T0, kind="code", code=31, code_text="Coolant"), 31, "Coolant"),
+        (tr(TransitionKind.CLEARED, "fc", T0, kind="code", code=0, code_text="no fault"), None, ""),
+        (tr(TransitionKind.RAISED, "wear", T0, kind="threshold"), None, ""),
+        # an OPC UA condition: its key's third part is the code, the alarm's message its text
+        (
+            Transition(
+                "m1",
+                "alarms",
+                None,
+                TransitionKind.RAISED,
+                Severity.CRITICAL,
+                800,
+                None,
+                "Spindle hot",
+                T0,
+                {"kind": "alarms", "condition": "Hot"},
+                part="Spindle.Hot",
+            ),
+            "Spindle.Hot",
+            "Spindle hot",
+        ),
+    ],
+)
+def test_a_transition_as_the_fold_sees_it(t: Transition, code: object, text: str) -> None:
+    obs = changed(t)
+    assert (obs.key, obs.kind, obs.time, obs.code, obs.text) == (t.key, t.kind, t.time, code, text)
