@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from asyncua import ua
 
@@ -176,7 +177,7 @@ async def test_a_source_the_server_does_not_have_is_a_driver_error(opcua: OpcuaS
 # -- the whole agent: an alarms rule, a real receiver -------------------------------------------------
 
 
-def alarms_config(sim: OpcuaSim, tmp_path: Path, url: str, **rule: Any) -> Config:
+def alarms_config(sim: OpcuaSim, tmp_path: Path, url: str, status: dict[str, Any] | None = None, **rule: Any) -> Config:
     return parse_config(
         {
             "agent": {"gateway_id": "gw-test", "site": "lab", "state_dir": str(tmp_path / "state")},
@@ -194,7 +195,7 @@ def alarms_config(sim: OpcuaSim, tmp_path: Path, url: str, **rule: Any) -> Confi
             ],
             "rules": [{"id": "alarms", "machine": "mill", "kind": "alarms", **rule}],
             "sinks": [{"id": "up", "kind": "http", "url": url, "timeout": "2s", "retry_max": "300ms"}],
-            "status": {"listen": None},
+            "status": status or {"listen": None},
         }
     )
 
@@ -315,3 +316,34 @@ async def test_flood_gate_holds_a_burst_of_alarms(opcua: OpcuaSim, tmp_path: Pat
     assert len(alerts_of(receiver.events, source)) == 3  # the rest is held and summarised
     flood = next(e for e in receiver.events if e["subject"] == "mill/flood")
     assert flood["data"]["severity"] == "critical"
+
+
+async def test_a_condition_alert_on_status_board_and_acknowledged(
+    opcua: OpcuaSim, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The three-part key everywhere an alert key is used: /status, the board, its acknowledgement."""
+    monkeypatch.setenv("ANDON_ALARMS_ACK", "ack-token-alarms")
+    source, (jam,) = await make_source(opcua, "Jam")
+    key = f"mill/alarms/{source}.Jam"
+    status = {"listen": "127.0.0.1:0", "ack_token_env": "ANDON_ALARMS_ACK"}
+    try:
+        async with running_agent(alarms_config(opcua, tmp_path, receiver.url, status)) as agent:
+            await jam.activate(700, "Feeder jammed")
+            await receiver.wait_for(lambda ev: len(alerts_of(ev, source)) == 1)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{agent.status_port}") as http:
+                alerts = (await http.get("/status")).json()["alerts"]
+                assert [a["alert"] for a in alerts if a["alert"].startswith("mill/alarms/")] == [key]
+                board = (await http.get("/api/board")).json()
+                shown = [a for m in board["machines"] for a in m["alerts"] if a["alert"] == key]
+                assert len(shown) == 1 and shown[0]["severity"] == "critical"
+                r = await http.post(
+                    f"/api/alerts/{key}/ack",
+                    headers={"Authorization": "Bearer ack-token-alarms"},
+                    json={"by": "Ana"},
+                )
+                assert r.status_code == 200, r.text
+            await receiver.wait_for(lambda ev: any(e["type"] == "andon.alert.acknowledged" for e in ev))
+    finally:
+        await jam.clear()
+    (acked,) = [e for e in receiver.events if e["type"] == "andon.alert.acknowledged"]
+    assert (acked["subject"], acked["data"]["alert"], acked["data"]["by"]) == (key, key, "Ana")
