@@ -3,7 +3,8 @@
     .venv/bin/python docs/board_screenshot.py [docs/board.png]
 
 The board is the real server and page; what it shows is a demo-like day on four machines (alerts
-and a day of history made up here, through the same alert state and history types the agent uses).
+and a day of history made up here, through the same alert state and history types the agent uses)
+and a month of usage history for two of them, drawn by the same chart functions.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.model import Severity, Transition, TransitionKind
+from agent.ops.board.svg import faults, tool_life
 from agent.ops.board.web import BoardServer
 from agent.pipeline.alertlog import ActiveAlert
 from tests.board_helpers import StubSource, chrome
@@ -70,13 +72,44 @@ def day(source: StubSource, now: float) -> None:
     source.active["lathe-3/coolant"] = dataclasses.replace(acked, ack_by="Ana", ack_at=now - 420, ack_note="on it")
 
 
+def tools(*rows: tuple[str, str, int, float, float, int, int]) -> dict[str, dict[str, object]]:
+    keys = ("tool", "count", "mean_life_fraction", "min_life_fraction", "early", "unwarned")
+    return {rule: dict(zip(keys, values, strict=True)) for rule, *values in rows}
+
+
+def codes(*rows: tuple[str, int, float, str]) -> dict[str, dict[str, object]]:
+    return {key: {"count": n, "active_seconds": active, "text": text} for key, n, active, text in rows}
+
+
+def usage(source: StubSource) -> None:
+    """A month of tool changes and fault codes on press-1 and lathe-3 (the charts under the time lines)."""
+    charts = {
+        "press-1": (
+            tools(("tool1-life", "tool 1", 14, 0.91, 0.62, 2, 0), ("tool2-life", "punch 2", 9, 0.71, 0.44, 5, 1)),
+            codes(
+                ("fault-code/12", 11, 5400.0, "Spindle overload"),
+                ("fault-code/31", 6, 2100.0, "Coolant low"),
+                ("fault-code/47", 2, 240.0, "Door opened while running"),
+            ),
+        ),
+        "lathe-3": (
+            tools(("tool3-life", "drill 3", 22, 0.95, 0.83, 0, 2)),
+            codes(("alarms/SpindleTemp", 4, 3600.0, "Spindle bearing temperature high")),
+        ),
+    }
+    for machine, (t, c) in charts.items():
+        source.charts[f"tool-life-{machine}"] = tool_life(machine, t, 30)
+        source.charts[f"faults-{machine}"] = faults(machine, c, 30)
+
+
 async def main(out: Path) -> None:
     source = StubSource(["press-1", "press-2", "lathe-3", "mill-4"], gateway="gw-press-line", site="plant-a")
     source.ack_enabled = True
     day(source, time.time())
+    usage(source)
     async with BoardServer(source, "127.0.0.1", 0, token="screenshot") as server:
         with tempfile.TemporaryDirectory() as profile:
-            driver = await asyncio.to_thread(chrome, Path(profile), width=1600, height=1400)
+            driver = await asyncio.to_thread(chrome, Path(profile), width=1600, height=2380)
             try:
                 await asyncio.to_thread(driver.get, f"http://127.0.0.1:{server.port}/")
                 await asyncio.sleep(3)  # the page draws, the time lines load

@@ -54,7 +54,7 @@ class StubSource:
             machines=self.machines,
             alerts=self.active.values(),
             ack=self.ack_enabled,
-            charts=sorted(self.charts),
+            charts=list(self.charts),
         )
 
     def alert(self, key: str) -> ActiveAlert | None:

@@ -174,7 +174,7 @@ class Agent:
             on_commit=[self._wake_deliveries, self.surface.changed],
             observers=[self.history.observe, *self._observers],
             usage=usage,
-            usage_observers=self._usage_observers,
+            usage_observers=[*self._usage_observers, self.surface.usage_event],
         )
         await self.alerts.load()
         self.history.seed(self.alerts.active.values())
@@ -254,7 +254,12 @@ class Agent:
         from agent.ops.status import StatusEndpoints  # prometheus-client only when it is used
 
         assert self._tg is not None
-        feed = BoardFeed(self, self.history, ack=token is not None, lights=self.surface.lights)
+        charts = None
+        if self.cfg.usage.enabled:
+            from agent.pipeline.usagecharts import UsageCharts  # the SVG module: only with the board
+
+            charts = UsageCharts(self.cfg.agent.state_dir / "outbox.db", lambda: [m.id for m in self.cfg.machines])
+        feed = BoardFeed(self, self.history, ack=token is not None, lights=self.surface.lights, usage=charts)
         first_polls = [runner.first_poll for runner in self.machines]
         serving = self.surface.serve(feed, listen, token, StatusEndpoints(self.snapshot), first_polls)
         self._surface_tasks.append(self._tg.create_task(serving, name="board"))

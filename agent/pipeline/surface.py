@@ -5,10 +5,13 @@
     AlertLog commit --on_commit--> Surface.changed() --> BoardServer.changed(): one render for all open boards
                                                     +--> Lights.show(active): never blocks; towers write in tasks
     AlertLog observer ----------> AlertHistory.observe: the board's 24-hour time lines
+    AlertLog usage observer ----> Surface.usage_event --> UsageCharts.poke: the usage charts are redrawn soon
 
 :class:`BoardFeed` is the board's :class:`~agent.ops.board.web.BoardSource`: it reads the runners
 and the alert log of the :class:`~agent.pipeline.snapshot.Running` agent, and acknowledges through
-:meth:`~agent.pipeline.alertlog.AlertLog.acknowledge`. :func:`serve` runs the listener: it starts
+:meth:`~agent.pipeline.alertlog.AlertLog.acknowledge`; its usage charts
+(:class:`~agent.pipeline.usagecharts.UsageCharts`, with ``[usage] enabled``) are redrawn by a task
+that runs with the listener. :func:`serve` runs the listener: it starts
 once every machine's first poll is over (or after :data:`FIRST_POLL_WAIT`), so importing the web
 framework never delays the first reads, and a port already taken turns the board and the status
 endpoints off with one ERROR line while alerting goes on.
@@ -33,6 +36,7 @@ from agent.pipeline.snapshot import Running
 
 if TYPE_CHECKING:
     from agent.ops.status import StatusEndpoints
+    from agent.pipeline.usagecharts import UsageCharts
 
 log = logging.getLogger("andon.runtime")
 
@@ -65,12 +69,14 @@ class BoardFeed:
         *,
         ack: bool,
         lights: Lights | None = None,
+        usage: UsageCharts | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._agent = agent
         self._history = history
         self._ack = ack
         self._lights = lights
+        self.usage = usage
         self._now = now
 
     def view(self) -> dict[str, Any]:
@@ -100,6 +106,8 @@ class BoardFeed:
             alerts=active,
             ack=self._ack,
             lights=lights,
+            charts=self.usage.names() if self.usage is not None else (),
+            charts_version=self.usage.version if self.usage is not None else 0,
         )
 
     def alert(self, key: str) -> ActiveAlert | None:
@@ -119,7 +127,7 @@ class BoardFeed:
         return timeline(self._history.bars(machine, now), now)
 
     def chart_svg(self, name: str) -> str | None:
-        return None  # the usage charts come with the usage history
+        return self.usage.get(name) if self.usage is not None else None
 
 
 class Surface:
@@ -130,6 +138,7 @@ class Surface:
         self.board: Any = None  # the BoardServer while it runs (typed loosely: the web framework loads late)
         self.port: int | None = None
         self.ready = asyncio.Event()  # set once the listener is up, or could not start
+        self.charts: UsageCharts | None = None  # the board's usage charts while it runs
         self._active: Callable[[], list[ActiveAlert]] = list
 
     def follow(self, active: Callable[[], list[ActiveAlert]]) -> None:
@@ -146,6 +155,11 @@ class Surface:
     def _board_changed(self) -> None:
         if self.board is not None:
             self.board.changed()
+
+    def usage_event(self, *_: object) -> None:
+        """An AlertLog usage observer (a tool change, a summary): the charts are redrawn soon."""
+        if self.charts is not None:
+            self.charts.poke()
 
     async def serve(
         self,
@@ -177,8 +191,12 @@ class Surface:
         self.board, self.port = server, server.port
         self.ready.set()
         log.info("andon board on http://%s:%d/%s", host, server.port, " (acknowledgement on)" if token else "")
+        self.charts = feed.usage
+        charts = asyncio.create_task(feed.usage.run(self._board_changed), name="board:charts") if feed.usage else None
         try:
             await asyncio.Event().wait()  # until cancelled
         finally:
-            self.board = None
+            self.board = self.charts = None
+            if charts is not None:
+                charts.cancel()
             await server.__aexit__(None, None, None)

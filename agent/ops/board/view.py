@@ -102,9 +102,11 @@ def board_view(
     ack: bool,
     lights: Sequence[LightInfo] = (),
     charts: Sequence[str] = (),
+    charts_version: int = 0,
 ) -> dict[str, Any]:
     """The whole board. Machines keep the config's order; an alert of a machine not in the list is
-    shown under its own tile (so nothing active is ever hidden)."""
+    shown under its own tile (so nothing active is ever hidden). ``charts``: the names of the usage
+    charts (``/api/charts/<name>.svg``); ``charts_version`` changes whenever one of them changed."""
     by_machine: dict[str, list[BoardAlert]] = {m.id: [] for m in machines}
     for a in alerts:
         by_machine.setdefault(split_key(a.key)[0], []).append(a)
@@ -130,4 +132,5 @@ def board_view(
         "machines": tiles,
         "lights": [{"id": li.id, "shows": li.shows, "up": li.up, "error": li.error} for li in lights],
         "charts": list(charts),
+        "charts_version": charts_version,
     }

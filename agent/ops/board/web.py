@@ -8,7 +8,7 @@ acknowledgement, and the status endpoints, on one listener (``[status] listen``)
     GET  /api/board                         the board as JSON (agent.ops.board.view)
     GET  /api/events                        server-sent events: the board on connect and after each change
     GET  /api/machines/<id>/history.svg     the machine's alerts of the last 24 h as bars on a time line
-    GET  /api/charts/<name>.svg             usage charts, when the usage history gives them
+    GET  /api/charts/<name>.svg             the usage charts (tool-life-<machine>, faults-<machine>), kept drawn
     POST /api/alerts/<machine>/<rule>[/<condition>]/ack    acknowledge (bearer token, JSON body)
     GET  /healthz /metrics /status          the status endpoints (agent.ops.status)
 

@@ -6,14 +6,12 @@
   const SEVERITY_WORDS = { ok: "OK", info: "INFO", warning: "WARNING", critical: "CRITICAL", offline: "OFFLINE" };
   const STALE_MS = 40000; // no message for this long (keepalives come every 15 s): the board may be stale
   const HISTORY_EVERY_MS = 60000; // time lines are redrawn this often, and when a machine's alerts change
-  const CHARTS_EVERY_MS = 300000;
 
   let board = null;
   let offset = 0; // gateway clock - this screen's clock, in ms
   let lastMessage = 0;
   let ackKey = null;
   const historyStamp = new Map(); // machine -> [signature, drawn at]
-  let chartsDrawn = 0;
   // For tests and the latency bench: when each alert appeared and went (this page's epoch ms), the
   // last appearances and goings in order, and how many boards were drawn.
   const record = { seen: {}, gone: {}, events: [], renders: 0, connected: false };
@@ -140,7 +138,7 @@
     renderLights(next.lights || []);
     tick();
     drawHistory(false);
-    drawCharts(next.charts || [], false);
+    drawCharts(next.charts || [], next.charts_version || 0);
     record.renders += 1;
   }
 
@@ -190,20 +188,24 @@
     });
   }
 
-  function drawCharts(names, force) {
+  // The usage charts (tool life, faults by code) change rarely: the gateway redraws them at most once
+  // a minute or after a tool change and says so with charts_version; only then are they fetched again.
+  function drawCharts(names, version) {
     const box = $("charts");
     $("usage").hidden = names.length === 0;
-    const now = Date.now();
-    const shown = [...box.children].map((f) => f.dataset.chart).join(",");
-    if (!force && shown === names.join(",") && now - chartsDrawn < CHARTS_EVERY_MS) return;
-    chartsDrawn = now;
-    box.replaceChildren(
-      ...names.map((name) => {
-        const fig = el("figure", { "data-chart": name });
-        fig.append(el("img", { alt: name, src: `/api/charts/${encodeURIComponent(name)}.svg?at=${now}` }));
-        return fig;
-      }),
-    );
+    const keep = new Set(names);
+    for (const fig of [...box.children]) if (!keep.has(fig.dataset.chart)) fig.remove();
+    names.forEach((name, i) => {
+      let fig = [...box.children].find((f) => f.dataset.chart === name);
+      if (!fig) {
+        fig = el("figure", { "data-chart": name });
+        fig.append(el("img", { alt: name.replace(/-/g, " "), width: "640", height: "120" }));
+      }
+      if (box.children[i] !== fig) box.insertBefore(fig, box.children[i] || null);
+      const src = `/api/charts/${encodeURIComponent(name)}.svg?v=${version}`;
+      const img = fig.querySelector("img");
+      if (img.getAttribute("src") !== src) img.setAttribute("src", src);
+    });
   }
 
   // -- acknowledgement -------------------------------------------------------------------------
