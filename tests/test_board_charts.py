@@ -121,14 +121,14 @@ def test_faults_draws_the_most_frequent_and_says_how_many_more() -> None:
 
 
 def test_change_counts_and_draw() -> None:
-    changes = [
+    changes: list[dict[str, Any]] = [
         {"rule": "punch", "life_fraction": 0.95, "warned_seconds": 600.0},
         {"rule": "punch", "life_fraction": 0.5, "warned_seconds": None},  # early and without warning
         {"rule": "punch", "life_fraction": 0.79, "warned_seconds": 10.0},
         {"rule": "drill", "life_fraction": None, "warned_seconds": None},  # life unknown: not early
     ]
     assert change_counts(changes) == {"punch": {"early": 2, "unwarned": 1}, "drill": {"early": 0, "unwarned": 1}}
-    m = {"tool_changes": {}, "codes": {}}
+    m: dict[str, Any] = {"tool_changes": {}, "codes": {}}
     assert list(draw({"b": m, "a": m, "gone": m}, ["a", "b", "c"], 30)) == [
         "tool-life-a",
         "faults-a",
