@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
+
+from agent.config import load_config
+from agent.config.rules import ThresholdRule
+from agent.model import Quality, Sample
+from agent.pipeline.alertlog import cloudevent
+from agent.rules import RuleState, evaluate
+from agent.sinks.ntfy import ntfy_message
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,3 +35,57 @@ def test_every_benchmark_is_a_row_of_the_one_table_in_bench_readme() -> None:
     assert sorted(listed) == sorted(scripts)  # one table: a blank line would cut the rows after it off
     for name, row in listed.items():
         assert f"bench/{name}" in row.rsplit("|", 2)[1], f"{name}: the row's last column gives its command"
+
+
+# -- what the technician sees: the README's ntfy table is what the example config sends ---------
+
+
+def _example_events() -> list[dict[str, Any]]:
+    """The example config's tool1-wear rule through the README's story: 81.3 %, 96.2 %, acknowledged, 3.1 %."""
+    cfg = load_config(ROOT / "config" / "example.toml")
+    rule = next(r for r in cfg.rules if r.id == "tool1-wear")
+    assert isinstance(rule, ThresholdRule)
+    signal = next(s for m in cfg.machines if m.id == "press-1" for s in m.signals if s.id == "tool1_wear")
+    unit = getattr(signal, "unit", None) or ""
+    state, now = RuleState(), 1_795_000_000.0
+    docs: list[dict[str, Any]] = []
+    for value, wait in ((81.3, 0.0), (81.3, 3.0), (96.2, 1.0), (96.2, 3.0), (3.1, 1.0), (3.1, 11.0)):
+        now += wait
+        state, transitions = evaluate(rule, state, Sample("press-1", "tool1_wear", value, Quality.GOOD, now), now, unit)
+        docs += [cloudevent(t, seq=len(docs) + 1, event_id="x", gateway="gw", site=None) for t in transitions]
+    assert [d["type"] for d in docs] == [f"andon.alert.{t}" for t in ("raised", "updated", "cleared")]
+    ack = {**docs[1], "type": "andon.alert.acknowledged"}
+    ack["data"] = {**docs[1]["data"], "by": "Anna", "note": "on my way"}
+    return [docs[0], docs[1], ack, docs[2]]
+
+
+def _section(text: str, heading: str) -> str:
+    """From the heading that starts with ``heading`` to the next heading (lines in code blocks are not headings)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    fenced, end = False, len(lines)
+    for i in range(start + 1, len(lines)):
+        fenced ^= lines[i].startswith("```")
+        if not fenced and lines[i].startswith("#"):
+            end = i
+            break
+    return "\n".join(lines[start:end])
+
+
+def test_the_readme_shows_exactly_what_the_phone_gets_from_the_example_config() -> None:
+    ntfy = _section((ROOT / "README.md").read_text(), "### `ntfy`")
+    rows = [[cell.strip() for cell in row.strip("|").split("|")] for row in _first_table(ntfy)]
+    assert [r[0] for r in rows] == ["raised (warning)", "updated (critical)", "acknowledged", "cleared"]
+    for row, doc in zip(rows, _example_events(), strict=True):
+        body = ntfy_message(doc, topic="t", click=None)
+        first_line = body["message"].split("\n")[0]
+        assert row[1] == f"`{body['title']}`"
+        assert row[2].startswith(f"`{first_line}`"), (row[2], first_line)
+        assert row[3].startswith(f"{body['priority']} ")
+        assert row[4] == ", ".join(f"`{tag}`" for tag in body["tags"])
+
+
+def test_the_pagerduty_summary_example_is_the_example_configs_critical_message() -> None:
+    pagerduty = _section((ROOT / "README.md").read_text(), "### `pagerduty`")
+    critical = _example_events()[1]["data"]["message"]
+    assert f"| `summary` | the event's `data.message`, at most 1,024 characters | `{critical}` |" in pagerduty
