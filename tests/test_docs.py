@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
-from agent.config import load_config
+import pytest
+
+from agent.config import load_config, parse_config
 from agent.config.rules import ThresholdRule
 from agent.model import Quality, Sample
 from agent.pipeline.alertlog import cloudevent
@@ -89,3 +92,39 @@ def test_the_pagerduty_summary_example_is_the_example_configs_critical_message()
     pagerduty = _section((ROOT / "README.md").read_text(), "### `pagerduty`")
     critical = _example_events()[1]["data"]["message"]
     assert f"| `summary` | the event's `data.message`, at most 1,024 characters | `{critical}` |" in pagerduty
+
+
+# -- the README's configs are configs ---------------------------------------------------------
+
+_MACHINES = [
+    {
+        "id": machine,
+        "protocol": "modbus",
+        "host": "127.0.0.1",
+        "signals": [{"id": "tool1_wear", "register": "holding", "address": 100, "type": "uint16"}],
+    }
+    for machine in ("press-1", "press-2")
+]
+
+
+def _toml_blocks(section: str) -> list[dict[str, Any]]:
+    return [tomllib.loads(b) for b in re.findall(r"```toml\n(.*?)```", section, re.S)]
+
+
+def test_the_readmes_configuration_example_passes_check() -> None:
+    (example,) = _toml_blocks(_section((ROOT / "README.md").read_text(), "## Configuration"))
+    cfg = parse_config(example, "README")
+    assert [s.id for s in cfg.machines[0].signals] == ["tool1_wear", "spindle_fault"]
+
+
+@pytest.mark.parametrize("heading", ["## Routing", "### `ntfy`", "### `pagerduty`", "## MQTT"])
+def test_the_readmes_sink_configs_paste_into_a_config(heading: str) -> None:
+    blocks = _toml_blocks(_section((ROOT / "README.md").read_text(), heading))
+    assert blocks, heading
+    for block in blocks:
+        doc: dict[str, Any] = {"agent": {"gateway_id": "gw-press-line"}, "machines": _MACHINES}
+        doc |= {
+            key: {**doc.get(key, {}), **value} if isinstance(value, dict) else value for key, value in block.items()
+        }
+        cfg = parse_config(doc, f"README {heading}")
+        assert [s.id for s in cfg.sinks] == [s["id"] for s in block["sinks"]]
