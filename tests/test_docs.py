@@ -128,3 +128,26 @@ def test_the_readmes_sink_configs_paste_into_a_config(heading: str) -> None:
         }
         cfg = parse_config(doc, f"README {heading}")
         assert [s.id for s in cfg.sinks] == [s["id"] for s in block["sinks"]]
+
+
+# -- docs/architecture.md names every module's one job ------------------------------------------
+
+
+def test_the_architecture_table_lists_every_module_and_only_modules_that_exist() -> None:
+    table = _section((ROOT / "docs" / "architecture.md").read_text(), "## Modules and their one job")
+    prefix, listed = "", set()
+    for row in _first_table(table):
+        first = row.split("|")[1].strip()
+        if heading := re.fullmatch(r"\*\*`([\w/]+/)`\*\*", first):
+            prefix = heading.group(1)  # the rows below it name modules of that package
+            continue
+        for name in re.findall(r"`([\w/.]+\.py)`", first):
+            listed.add(name if name.startswith(("agent/", "drivers/")) else prefix + name)
+    modules = {
+        str(p.relative_to(ROOT))
+        for package in ("agent", "drivers")
+        for p in (ROOT / package).rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    }
+    assert sorted(modules - listed) == []  # a module without its line
+    assert sorted(p for p in listed if not (ROOT / p).is_file()) == []  # a line for a module that is gone
