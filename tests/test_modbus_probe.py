@@ -75,6 +75,32 @@ def sig(**doc: Any) -> ModbusSignal:
             ],
             id="float32 CDAB: the right order shows the machine's number",
         ),
+        pytest.param(
+            {"type": "float64", "byte_order": "DCBA"},
+            [0x0000, 0x0000, 0x004A, 0x9340],  # 1234.5 (0x40934A0000000000), every byte reversed
+            None,
+            [
+                "  signal s: holding 20 float64: registers [0x0000, 0x0000, 0x004A, 0x9340] = 1234.5 (DCBA)",
+                "    as ABCD: 2.414677e-317",
+                "    as DCBA: 1234.5   <- byte_order",
+                "    as BADC: 6.133976e-315",
+                "    as CDAB: -5.80208e-216",
+            ],
+            id="float64 DCBA: four registers, every byte order",
+        ),
+        pytest.param(
+            {"type": "int64"},
+            [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFB],
+            None,
+            [
+                "  signal s: holding 20 int64: registers [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFB] = -5 (ABCD)",
+                "    as ABCD: -5   <- byte_order",
+                "    as DCBA: -288230376151711745",
+                "    as BADC: -1025",
+                "    as CDAB: -1125899906842625",
+            ],
+            id="int64: every byte order",
+        ),
     ],
 )
 def test_signal_lines(
