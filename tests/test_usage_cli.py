@@ -12,6 +12,7 @@ from agent.cli import main
 from agent.cli.report import duration, render
 from agent.config import parse_config
 from agent.errors import ConfigError
+from agent.pipeline.outbox import Outbox
 
 REPORT: dict[str, dict[str, Any]] = {
     "press-1": {
@@ -95,6 +96,39 @@ def test_report_without_an_outbox_says_so(tmp_path: Path, capsys: pytest.Capture
     assert main(["report", "--config", str(path)]) == 1
     assert "no outbox at" in capsys.readouterr().err
     assert main(["report", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("usage", "note"),
+    [
+        ("", None),
+        ("enabled = false", "[usage] enabled = false: nothing is collected now; this is what was collected before."),
+        ("send = false", "[usage] send = false: this is collected on the gateway and not sent."),
+    ],
+)
+def test_report_says_when_usage_is_switched_off(
+    usage: str, note: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The customer's engineer reading `report` learns whether what it shows is being sent; the JSON
+    stays one object (no note in it)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    outbox = Outbox(state / "outbox.db")
+    outbox.open()  # the agent has run: its file is there (no history yet)
+    outbox.close()
+    path = tmp_path / "andon.toml"
+    path.write_text(
+        f'[agent]\nstate_dir = "{state}"\n[usage]\n{usage}\n[[machines]]\nid = "m1"\nprotocol = "modbus"\n'
+        'host = "h"\n[[machines.signals]]\nid = "s"\naddress = 0\n'
+    )
+    assert main(["report", "--config", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    if note is None:
+        assert lines[0].startswith("No usage history in the last 30 days")
+    else:
+        assert lines[0] == note and lines[1].startswith("No usage history in the last 30 days")
+    assert main(["report", "--config", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {}
 
 
 def _cfg(**usage: Any) -> dict[str, Any]:
