@@ -1,6 +1,6 @@
 """The OPC UA stack is optional (the ``opcua`` extra). Without it, every command that would use an OPC UA
 machine (``check``, ``check --connect``, ``run``, a reload) says in one line which machine needs it and
-exactly what to install, and nothing starts; Modbus works as before.
+exactly what to install, and nothing starts (``discover`` says the same line); Modbus works as before.
 
 The missing package is real, not a mock of the agent: the agent runs as a subprocess whose
 ``sitecustomize`` puts a finder in front of ``sys.meta_path`` that refuses to import the named top-level
@@ -137,6 +137,17 @@ def test_a_broken_stack_is_named_too(tmp_path: Path) -> None:
     out = _agent(tmp_path, ["run", "--config", str(_config(tmp_path, opcua=True))], "_cffi_backend")
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.splitlines() == ["andon-agent: config error: " + PROBLEM.format(missing="_cffi_backend")]
+
+
+def test_discover_says_what_to_install_and_exits_1(tmp_path: Path) -> None:
+    """``discover`` on a Modbus-only installation: the same line as ``check`` and ``run``, no machine."""
+    out_file = tmp_path / "mill.toml"
+    endpoint = f"opc.tcp://127.0.0.1:{_closed_port()}/"
+    out = _agent(tmp_path, ["discover", "opcua", endpoint, "--output", str(out_file)], "asyncua")
+    assert out.returncode == 1, out.stdout + out.stderr
+    problem = PROBLEM.format(missing="asyncua").split("needs the OPC UA stack, which is ", 1)[1]
+    assert out.stderr.splitlines() == ["andon-agent: discover: the OPC UA stack is " + problem]
+    assert out.stdout == "" and not out_file.exists()
 
 
 def test_modbus_needs_no_opcua_stack(tmp_path: Path) -> None:

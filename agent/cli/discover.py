@@ -6,7 +6,7 @@ security code); this module turns its findings into a TOML file (:func:`render`,
 (node ids by namespace URI, display names and types as comments, units), a ``tool_life`` rule per
 MachineTool ToolLife entry that has a LimitValue, an ``alarms`` rule when the server has
 conditions, and a sink to fill in, commented out. Exit status 0 written, 1 cannot connect or
-browse (one line saying why), 2 invalid options.
+browse, or the OPC UA stack is not installed (one line saying why), 2 invalid options.
 """
 
 from __future__ import annotations
@@ -220,11 +220,14 @@ def run(args: argparse.Namespace) -> int:
     doc = machine_doc(args)
     try:
         machine = _machine(doc, Path(args.state_dir))
-        from drivers.opcua.discover import discover
     except ValueError as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    except ImportError as exc:
-        return _fail(f"the OPC UA stack is not installed ({exc}): pip install 'andon-agent[opcua]'", EXIT_FATAL)
+    from drivers.opcua import missing_stack
+
+    if problem := missing_stack(None):  # what to install, as `check` and `run` say it
+        return _fail(problem, EXIT_FATAL)
+    from drivers.opcua.discover import discover
+
     started = time.monotonic()
     try:
         found = asyncio.run(discover(machine, args.max_nodes))

@@ -30,9 +30,9 @@ HOW_TO_INSTALL = (
 )
 
 
-def missing_stack(machine: str) -> str | None:
-    """Load the OPC UA stack now; None if it loaded, else one line naming the ``machine``, what failed
-    to import and exactly what to install.
+def missing_stack(machine: str | None) -> str | None:
+    """Load the OPC UA stack now; None if it loaded, else one line naming the ``machine`` (None: no
+    machine, as for ``discover``), what failed to import and exactly what to install.
 
     Guarantee: after it returns None, ``drivers.opcua.driver`` (asyncua, cryptography and its native
     parts) is imported. An import error inside the agent's own code is not taken for a missing stack:
@@ -44,7 +44,8 @@ def missing_stack(machine: str) -> str | None:
         if (exc.name or "").partition(".")[0] in ("agent", "drivers"):
             raise
         how = HOW_TO_INSTALL.format(python=sys.executable)
-        return f"machine {machine!r} needs the OPC UA stack, which is not installed here ({exc}): {how}"
+        who = "the OPC UA stack is" if machine is None else f"machine {machine!r} needs the OPC UA stack, which is"
+        return f"{who} not installed here ({exc}): {how}"
     return None
 
 
