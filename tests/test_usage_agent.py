@@ -101,6 +101,37 @@ async def test_tool_changes_are_sent_with_life_time_in_service_and_warning(
     assert round(wear["data"]["life_fraction"], 4) == round(50 / 95, 4)
 
 
+async def a_whole_poll(changes: Changes, reads: dict[str, int]) -> None:
+    """Wait until a poll that began after this call has read m1."""
+    seen = reads["m1"]
+    await changes.until(lambda: reads["m1"] >= seen + 2)
+
+
+async def test_polls_that_change_no_alert_commit_nothing(
+    machine: SimulatedMachine, receiver: Receiver, make_config: Callable[..., Config]
+) -> None:
+    """The usage fold adds no write to the poll path: a tool counter rising poll after poll (the tool
+    in use), a wear value moving and no limit crossed commit nothing, usage on (no fsync per poll)."""
+    cfg = usage_config(make_config, machine.port, receiver.url)
+    await machine.set("holding", 20, [0])
+    await machine.set("holding", 21, [100])
+    await machine.set("holding", 22, [500])
+    changes, reads = Changes(), {"m1": 0}
+    async with running(cfg, changes, reads):  # what starting commits is done before the first poll
+        db = sqlite3.connect(cfg.agent.state_dir / "outbox.db")
+        try:
+            before = db.execute("PRAGMA data_version").fetchone()[0]  # changes when another connection commits
+            for step in range(1, 11):
+                await machine.set("holding", 21, [100 + step])
+                await machine.set("holding", 22, [500 + step % 2])
+                await a_whole_poll(changes, reads)
+            after = db.execute("PRAGMA data_version").fetchone()[0]
+        finally:
+            db.close()
+    assert after == before
+    assert receiver.events == []
+
+
 async def test_only_sinks_that_take_every_type_get_usage_events(
     machine: SimulatedMachine, receiver: Receiver, ntfy: FakeNtfy, make_config: Callable[..., Config]
 ) -> None:
